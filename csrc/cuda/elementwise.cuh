@@ -1,0 +1,184 @@
+// Device helpers shared by fastadv's CUDA kernels: 16-byte packs, the split of a flat range
+// into an aligned vector body plus a scalar remainder, cursors over the per-example and
+// per-channel parameters, the dtype dispatch and the launch sizes.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include "../params.h"
+
+// float, half and bfloat16: the only dtypes the op layer passes (no double instantiations).
+#define FASTADV_DISPATCH_FLOATING_TYPES(TYPE, NAME, ...)                 \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                         \
+                     AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
+                     AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
+
+namespace fastadv {
+namespace cuda {
+
+constexpr int kPackBytes = 16;  // widest global load/store of one thread on sm_90
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Elements of T per load when moving N of them: at most one 16-byte pack at a time.
+template <typename T, int N>
+constexpr int chunk_elems() {
+  return N * sizeof(T) > kPackBytes ? static_cast<int>(kPackBytes / sizeof(T)) : N;
+}
+
+// N consecutive elements as fp32; p must be aligned to the chunk (any p when N == 1).
+template <int N, typename T>
+__device__ __forceinline__ void load_float(const T* p, float (&out)[N]) {
+  constexpr int C = chunk_elems<T, N>();
+#pragma unroll
+  for (int c = 0; c < N; c += C) {
+    const Pack<T, C> pk = *reinterpret_cast<const Pack<T, C>*>(p + c);
+#pragma unroll
+    for (int j = 0; j < C; ++j) out[c + j] = static_cast<float>(pk.v[j]);
+  }
+}
+
+// fp32 -> T rounds to nearest even (c10's Half / BFloat16 conversions).
+template <int N, typename T>
+__device__ __forceinline__ void store_float(T* p, const float (&in)[N]) {
+  constexpr int C = chunk_elems<T, N>();
+#pragma unroll
+  for (int c = 0; c < N; c += C) {
+    Pack<T, C> pk;
+#pragma unroll
+    for (int j = 0; j < C; ++j) pk.v[j] = static_cast<T>(in[c + j]);
+    *reinterpret_cast<Pack<T, C>*>(p + c) = pk;
+  }
+}
+
+// A range [0, n) as packs [head, head + nvec*VEC) and single elements everywhere else.
+struct VecSplit {
+  int64_t head;
+  int64_t nvec;
+};
+
+template <int VEC, typename T>
+FASTADV_HD bool pack_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (chunk_elems<T, VEC>() * sizeof(T)) == 0;
+}
+
+// The tensors share strides, so they share the element offset but not the byte alignment:
+// peel elements until `first` is 16-byte aligned, then use packs only if every other
+// pointer is aligned at that same element; otherwise the whole range goes scalar.
+template <int VEC, typename T, typename... Ts>
+FASTADV_HD VecSplit vec_split(int64_t n, const T* first, const Ts*... rest) {
+  static_assert(VEC * sizeof(T) == kPackBytes, "a pack of `first` is one 16-byte access");
+  const uintptr_t mis = reinterpret_cast<uintptr_t>(first) % kPackBytes;
+  const int64_t head = mis == 0 ? 0 : static_cast<int64_t>((kPackBytes - mis) / sizeof(T));
+  if (mis % sizeof(T) != 0 || head >= n || !(pack_aligned<VEC>(rest + head) && ... && true)) {
+    return {n, 0};
+  }
+  return {head, (n - head) / VEC};
+}
+
+// Thread `tid` of `nthreads` calls f(std::integral_constant<int, VEC>, i) on its packs and
+// then f(std::integral_constant<int, 1>, i) on its single elements (head and tail, or all of
+// an unaligned range). A thread's indices are the same on every call with the same split.
+template <int VEC, typename F>
+__device__ __forceinline__ void for_each_pack(int64_t n, VecSplit s, int64_t tid,
+                                              int64_t nthreads, F&& f) {
+  for (int64_t k = tid; k < s.nvec; k += nthreads) {
+    f(std::integral_constant<int, VEC>{}, s.head + k * VEC);
+  }
+  const int64_t body = s.nvec * VEC;
+  for (int64_t k = tid; k < n - body; k += nthreads) {
+    f(std::integral_constant<int, 1>{}, k < s.head ? k : k + body);
+  }
+}
+
+// The values of K PerIndex parameters at elements i, i+1, ... where the parameter index is
+// (i / period) % wrap: one division when made, none per step, none at all when no parameter
+// varies (then period is "never" and the values are the scalars).
+template <int K>
+struct IndexCursor {
+  PerIndex params[K];
+  float value[K];
+  int64_t index, offset, period, wrap;
+
+  __device__ __forceinline__ void load() {
+#pragma unroll
+    for (int k = 0; k < K; ++k) value[k] = params[k].at(index);
+  }
+  __device__ __forceinline__ void next() {
+    if (++offset == period) {
+      offset = 0;
+      if (++index == wrap) index = 0;
+      load();
+    }
+  }
+};
+
+constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+
+template <typename... P>
+__device__ __forceinline__ bool any_varies(const P&... params) {
+  return (params.varies() || ...);
+}
+
+// With kMayVary = false the values pointer is known null: at() folds to the scalar.
+template <bool kMayVary>
+__device__ __forceinline__ PerIndex scalar_unless(const PerIndex& p) {
+  return kMayVary ? p : PerIndex{nullptr, p.value};
+}
+
+// Per-example parameters (eps, alpha) from element i on. kMayVary = false: the caller knows
+// that every parameter is a scalar, so the index code compiles away (fewer registers).
+template <bool kMayVary, typename... P>
+__device__ __forceinline__ IndexCursor<sizeof...(P)> per_example(const Layout& L, int64_t i,
+                                                                  const P&... params) {
+  IndexCursor<sizeof...(P)> c{{scalar_unless<kMayVary>(params)...}, {}, 0, 0, kNever, kNever};
+  if (kMayVary && any_varies(params...)) {
+    c.index = L.example(i);
+    c.offset = i - c.index * L.example_size;
+    c.period = L.example_size;
+  }
+  c.load();
+  return c;
+}
+
+// Per-channel parameters (lower, upper) from element i on; same index as Layout::channel.
+template <bool kMayVary, typename... P>
+__device__ __forceinline__ IndexCursor<sizeof...(P)> per_channel(const Layout& L, int64_t i,
+                                                                  const P&... params) {
+  IndexCursor<sizeof...(P)> c{{scalar_unless<kMayVary>(params)...}, {}, 0, 0, kNever, kNever};
+  if (kMayVary && any_varies(params...)) {
+    const int64_t q = i / L.channel_div;
+    c.index = q % L.channels;
+    c.offset = i - q * L.channel_div;
+    c.period = L.channel_div;
+    c.wrap = L.channels;
+  }
+  c.load();
+  return c;
+}
+
+__device__ __forceinline__ int64_t global_thread() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_threads() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// Blocks for a grid-stride loop over `items`: enough to fill every SM, no more.
+inline unsigned grid_size(int64_t items, int threads) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t resident =
+      static_cast<int64_t>(prop->multiProcessorCount) * (prop->maxThreadsPerMultiProcessor / threads);
+  return static_cast<unsigned>(std::clamp<int64_t>((items + threads - 1) / threads, 1, resident));
+}
+
+}  // namespace cuda
+}  // namespace fastadv

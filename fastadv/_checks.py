@@ -1,0 +1,145 @@
+"""Argument checking for the public ops: every check runs before any write, and every error
+names the argument. Value checks on tensors (e.g. eps >= 0 per example) read the tensor, so
+they are skipped while torch.compile traces or a CUDA graph captures; the attack loops check
+once up front instead."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def values_checkable() -> bool:
+    """False while tracing or capturing, where reading a tensor's values is not possible."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def tensor(name: str, value) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32, float16, bfloat16 or float64), "
+            f"got {value.dtype}"
+        )
+    return value
+
+
+def batched(name: str, value) -> Tensor:
+    t = tensor(name, value)
+    if t.dim() == 0:
+        raise ValueError(f"{name} must have a batch dimension (shape [B, ...]), got a 0-dim tensor")
+    return t
+
+
+def like(name: str, value, ref_name: str, ref: Tensor, *, same_dtype: bool) -> Tensor:
+    t = tensor(name, value)
+    if t.shape != ref.shape:
+        raise ValueError(
+            f"{name} must have the shape of {ref_name} {list(ref.shape)}, got {list(t.shape)}"
+        )
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+    if same_dtype and t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+    return t
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_number(name: str, value: float, *, nonnegative: bool, finite: bool) -> None:
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    if finite and math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _check_values(name: str, values: Tensor, *, nonnegative: bool, finite: bool) -> None:
+    bad = torch.isnan(values)
+    if finite:
+        bad |= torch.isinf(values)
+    if nonnegative:
+        bad |= values < 0
+    if bad.any():
+        _check_number(name, values[bad][0].item(), nonnegative=nonnegative, finite=finite)
+
+
+def per_example(name: str, value, x: Tensor, *, nonnegative: bool, finite: bool):
+    """A float, or a tensor of shape [] or [B]. Returns (fp32 tensor [B] on x's device or
+    None, float)."""
+    if not isinstance(value, Tensor):
+        number = _number(name, value)
+        _check_number(name, number, nonnegative=nonnegative, finite=finite)
+        return None, number
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    batch = x.shape[0]
+    if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
+        raise ValueError(
+            f"{name} must be a float or a tensor of shape [B] = [{batch}] (one per example), "
+            f"got shape {list(value.shape)}"
+        )
+    if values_checkable():
+        _check_values(name, value.detach(), nonnegative=nonnegative, finite=finite)
+    per = value.detach().to(device=x.device, dtype=torch.float32).expand(batch).contiguous()
+    return per, 0.0
+
+
+def per_channel(name: str, value, x: Tensor):
+    """A float, or a tensor that broadcasts against x along the channel dim (1) only, e.g.
+    shape [C, 1, 1] for [B, C, H, W] inputs. Returns (fp32 tensor [C] or [1] on x's device
+    or None, float)."""
+    if not isinstance(value, Tensor):
+        number = _number(name, value)
+        if math.isnan(number):
+            raise ValueError(f"{name} must not be NaN")
+        return None, number
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    shape = [1] * (x.dim() - value.dim()) + list(value.shape)
+    channel_only = value.dim() <= x.dim() and all(
+        size == 1 or (d == 1 and size == x.shape[1]) for d, size in enumerate(shape)
+    )
+    if not channel_only:
+        hint = [x.shape[1]] + [1] * (x.dim() - 2) if x.dim() >= 2 else []
+        raise ValueError(
+            f"{name} must be a float or a tensor broadcasting along the channel dim of "
+            f"x_adv {list(x.shape)} only (e.g. shape {hint}), got shape {list(value.shape)}"
+        )
+    if values_checkable() and torch.isnan(value).any():
+        raise ValueError(f"{name} must not be NaN")
+    return value.detach().to(device=x.device, dtype=torch.float32).reshape(-1).contiguous(), 0.0
+
+
+def ordered_bounds(lower, upper) -> None:
+    """lower <= upper everywhere (checked where the values are readable)."""
+    lo_t, lo = lower
+    hi_t, hi = upper
+    if lo_t is None and hi_t is None:
+        if lo > hi:
+            raise ValueError(f"lower must be <= upper, got lower={lo} > upper={hi}")
+        return
+    if values_checkable():
+        lo_v = lo_t if lo_t is not None else torch.tensor(lo)
+        hi_v = hi_t if hi_t is not None else torch.tensor(hi)
+        if (lo_v.to(hi_v.device) > hi_v).any():
+            raise ValueError("lower must be <= upper in every channel")
+
+
+def norm(value) -> str:
+    if value not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {value!r}")
+    return value

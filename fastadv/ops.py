@@ -1,0 +1,294 @@
+"""fastadv's ops: the public functions (validate, then call the registered op) and their
+``torch.library`` registrations (pick a backend, lay the tensors out for it, launch).
+
+This module is the one place that checks arguments and dispatches; the kernels in
+``kernels/`` (Triton) and ``csrc/`` (C++/CUDA) and the reference in ``reference.py`` trust it.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _checks, backends, reference
+from ._layout import flat_layout, same_strides
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _kernel(backend: str, name: str):
+    """The launcher for kernel `name` (linf_step, l2_step, random_init, keep_best)."""
+    if backend == "triton":
+        from . import kernels
+
+        return getattr(kernels, name)
+    return getattr(torch.ops.fastadv, f"_{name}_kernel_")
+
+
+def _uses_reference(backend: str, *tensors: Tensor) -> bool:
+    # The kernels cover fp32/fp16/bf16; fp64 (e.g. for gradcheck) runs the reference.
+    return backend == "torch" or any(t.dtype == torch.float64 for t in tensors)
+
+
+def _launch_flat(backend: str, name: str, x: Tensor, reads: list, *params) -> None:
+    """Run kernel `name` on x (written) and `reads`, all walked flat in x's memory order.
+    Tensors without that one dense layout are copied into it (and x back afterwards)."""
+    layout = flat_layout(x)
+    work = x if layout is not None else x.contiguous()
+    if layout is None:
+        layout = flat_layout(work)
+    reads = [r if same_strides(r, work) else torch.empty_like(work, dtype=r.dtype).copy_(r)
+             for r in reads]
+    _kernel(backend, name)(work, *reads, *params, *layout)
+    if work is not x:
+        x.copy_(work)
+
+
+def _scalar_or_tensor(per: Optional[Tensor], value: float):
+    return per if per is not None else value
+
+
+# --------------------------------------------------------------------------- registered ops
+
+
+@torch.library.custom_op("fastadv::pgd_", mutates_args=("x_adv",))
+def _pgd_op(
+    x_adv: Tensor, grad: Tensor, x_nat: Tensor,
+    eps_per_example: Optional[Tensor], eps: float,
+    alpha_per_example: Optional[Tensor], alpha: float,
+    lower_per_channel: Optional[Tensor], lower: float,
+    upper_per_channel: Optional[Tensor], upper: float,
+    norm: str,
+) -> None:
+    backend = backends.select(x_adv.device)
+    if _uses_reference(backend, x_adv, grad):
+        step = reference.linf_step if norm == "linf" else reference.l2_step
+        x_adv.copy_(step(
+            x_adv, grad, x_nat,
+            _scalar_or_tensor(eps_per_example, eps), _scalar_or_tensor(alpha_per_example, alpha),
+            _scalar_or_tensor(lower_per_channel, lower), _scalar_or_tensor(upper_per_channel, upper),
+        ))
+        return
+    _launch_flat(backend, f"{norm}_step", x_adv, [grad, x_nat],
+                 eps_per_example, eps, alpha_per_example, alpha,
+                 lower_per_channel, lower, upper_per_channel, upper)
+
+
+@_pgd_op.register_fake
+def _(x_adv, grad, x_nat, *args) -> None:
+    return None
+
+
+@torch.library.custom_op("fastadv::pgd_step", mutates_args=())
+def _pgd_step_op(
+    x_adv: Tensor, grad: Tensor, x_nat: Tensor,
+    eps_per_example: Optional[Tensor], eps: float,
+    alpha_per_example: Optional[Tensor], alpha: float,
+    lower_per_channel: Optional[Tensor], lower: float,
+    upper_per_channel: Optional[Tensor], upper: float,
+    norm: str,
+) -> Tensor:
+    out = x_adv.clone()
+    _pgd_op(out, grad, x_nat, eps_per_example, eps, alpha_per_example, alpha,
+            lower_per_channel, lower, upper_per_channel, upper, norm)
+    return out
+
+
+@_pgd_step_op.register_fake
+def _(x_adv, grad, x_nat, *args) -> Tensor:
+    return torch.empty_like(x_adv)
+
+
+def _pgd_step_setup_context(ctx, inputs, output) -> None:
+    x_adv, grad, x_nat, eps_t, eps, alpha_t, alpha, lower_t, lower, upper_t, upper, norm = inputs
+    ctx.save_for_backward(x_adv, grad, x_nat, eps_t, alpha_t, lower_t, upper_t)
+    ctx.scalars = (eps, alpha, lower, upper)
+    ctx.norm = norm
+
+
+def _pgd_step_backward(ctx, grad_out):
+    # The vector-Jacobian product of the reference formula: d/dx_adv is 1 where the clamp
+    # is inactive, d/dx_nat is 1 where a ball bound is active, d/dgrad is 0 for l-inf (sign)
+    # and the derivative of g/||g|| for l2. The per-example/per-channel parameters are
+    # treated as constants.
+    x_adv, grad, x_nat, eps_t, alpha_t, lower_t, upper_t = ctx.saved_tensors
+    eps, alpha, lower, upper = ctx.scalars
+    params = (_scalar_or_tensor(eps_t, eps), _scalar_or_tensor(alpha_t, alpha),
+              _scalar_or_tensor(lower_t, lower), _scalar_or_tensor(upper_t, upper))
+    step = reference.linf_step if ctx.norm == "linf" else reference.l2_step
+    _, vjp = torch.func.vjp(lambda x, g, n: step(x, g, n, *params), x_adv, grad, x_nat)
+    d_x, d_grad, d_nat = vjp(grad_out.to(reference.compute_dtype(x_adv)))
+    wanted = ctx.needs_input_grad
+    d_x = d_x.to(x_adv.dtype) if wanted[0] else None
+    d_grad = d_grad.to(grad.dtype) if wanted[1] and ctx.norm == "l2" else None
+    d_nat = d_nat.to(x_nat.dtype) if wanted[2] else None
+    return (d_x, d_grad, d_nat) + (None,) * 9
+
+
+_pgd_step_op.register_autograd(_pgd_step_backward, setup_context=_pgd_step_setup_context)
+
+
+@torch.library.custom_op("fastadv::random_init_", mutates_args=("x_adv",))
+def _random_init_op(
+    x_adv: Tensor, x_nat: Tensor, seed: Tensor,
+    eps_per_example: Optional[Tensor], eps: float,
+    lower_per_channel: Optional[Tensor], lower: float,
+    upper_per_channel: Optional[Tensor], upper: float,
+) -> None:
+    backend = backends.select(x_adv.device)
+    if _uses_reference(backend, x_adv):
+        x_adv.copy_(reference.random_init(
+            x_adv, x_nat, seed, _scalar_or_tensor(eps_per_example, eps),
+            _scalar_or_tensor(lower_per_channel, lower), _scalar_or_tensor(upper_per_channel, upper),
+        ))
+        return
+    _launch_flat(backend, "random_init", x_adv, [x_nat], seed, eps_per_example, eps,
+                 lower_per_channel, lower, upper_per_channel, upper)
+
+
+@_random_init_op.register_fake
+def _(x_adv, x_nat, seed, *args) -> None:
+    return None
+
+
+@torch.library.custom_op("fastadv::keep_best_", mutates_args=("best_x", "best_loss"))
+def _keep_best_op(best_x: Tensor, best_loss: Tensor, x: Tensor, loss: Tensor) -> None:
+    backend = backends.select(best_x.device)
+    if _uses_reference(backend, best_x, best_loss):
+        new_x, new_loss = reference.keep_best(best_x, best_loss, x, loss)
+        best_x.copy_(new_x)
+        best_loss.copy_(new_loss)
+        return
+    layout = flat_layout(best_x)
+    work_x = best_x if layout is not None else best_x.contiguous()
+    work_loss = best_loss if best_loss.is_contiguous() else best_loss.contiguous()
+    x = x if same_strides(x, work_x) else torch.empty_like(work_x).copy_(x)
+    example_size = flat_layout(work_x)[0]
+    _kernel(backend, "keep_best")(work_x, work_loss, x, loss.contiguous(), example_size)
+    if work_x is not best_x:
+        best_x.copy_(work_x)
+    if work_loss is not best_loss:
+        best_loss.copy_(work_loss)
+
+
+@_keep_best_op.register_fake
+def _(best_x, best_loss, x, loss) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm) -> tuple:
+    x_adv = _checks.batched("x_adv", x_adv)
+    _checks.like("grad", grad, "x_adv", x_adv, same_dtype=False)
+    _checks.like("x_nat", x_nat, "x_adv", x_adv, same_dtype=True)
+    norm = _checks.norm(norm)
+    eps = _checks.per_example("eps", eps, x_adv, nonnegative=True, finite=False)
+    alpha = _checks.per_example("alpha", alpha, x_adv, nonnegative=False, finite=True)
+    lower = _checks.per_channel("lower", lower, x_adv)
+    upper = _checks.per_channel("upper", upper, x_adv)
+    _checks.ordered_bounds(lower, upper)
+    return (x_adv, grad, x_nat, *eps, *alpha, *lower, *upper, norm)
+
+
+def pgd_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps, alpha, lower=0.0, upper=1.0,
+         norm: str = "linf") -> Tensor:
+    r"""One PGD step, fused and in place on ``x_adv``; returns ``x_adv``.
+
+    ``norm="linf"`` (Madry et al.):
+
+    .. math:: x_{adv} \leftarrow \mathrm{clamp}\big(x_{adv} + \alpha\,\mathrm{sign}(g),\;
+              \max(\mathrm{lower}, x_{nat} - \epsilon),\; \min(\mathrm{upper}, x_{nat} + \epsilon)\big)
+
+    The projection onto the ε-ball and the clip to the valid range are one clamp with
+    combined bounds, so in fp32 the result lies exactly in both. sign(0) = sign(NaN) = 0.
+
+    ``norm="l2"``: per example ``v = x_adv + α·g/‖g‖₂`` (no step where ``g = 0``; NaN entries
+    of ``g`` count as 0), projected onto ``‖v − x_nat‖₂ ≤ ε``, then clipped to [lower, upper].
+
+    Args:
+        x_adv: ``[B, ...]`` float32/float16/bfloat16 (float64 runs the reference); any strides.
+        grad: ``∇_x L`` at ``x_adv``, same shape and device, any floating dtype.
+        x_nat: the clean inputs, same shape, device and dtype as ``x_adv``.
+        eps: radius, ``≥ 0``: a float or a tensor ``[B]`` (per example).
+        alpha: step size (negative descends): a float or a tensor ``[B]``.
+        lower, upper: the valid range: floats or tensors broadcasting along the channel dim
+            (``[C, 1, 1]`` for ``[B, C, H, W]``), e.g. for inputs normalised outside the model.
+        norm: ``"linf"`` or ``"l2"``.
+
+    Math in fp32, stored in ``x_adv``'s dtype. Runs under ``torch.no_grad()`` like an
+    optimizer step. Raises ``TypeError``/``ValueError`` naming the bad argument before
+    anything is written.
+    """
+    args = _step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm)
+    with torch.no_grad():
+        torch.ops.fastadv.pgd_(*args)
+    return x_adv
+
+
+def pgd_step(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps, alpha, lower=0.0, upper=1.0,
+             norm: str = "linf") -> Tensor:
+    """The functional, differentiable twin of :func:`pgd_`: returns the stepped tensor and
+    leaves ``x_adv`` alone. Gradients flow to ``x_adv`` (where the clamp is inactive) and to
+    ``x_nat`` (where a ball bound is active); to ``grad`` only for ``norm="l2"`` (the
+    direction ``g/‖g‖``); ``eps``, ``alpha``, ``lower`` and ``upper`` are constants."""
+    return torch.ops.fastadv.pgd_step(*_step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm))
+
+
+def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
+    # Drawn on the device (no host sync, CUDA-graph safe): kernels read it there.
+    source = generator.device if generator is not None else device
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=source,
+                         generator=generator)
+    return seed.to(device, non_blocking=True)
+
+
+def random_init_(x_adv: Tensor, x_nat: Tensor, *, eps, lower=0.0, upper=1.0,
+                 generator: Optional[torch.Generator] = None) -> Tensor:
+    r"""The random start of PGD, in place on ``x_adv``; returns ``x_adv``.
+
+    .. math:: x_{adv} \leftarrow \mathrm{clamp}\big(x_{nat} + \epsilon\,U(-1, 1),\;
+              \max(\mathrm{lower}, x_{nat} - \epsilon),\; \min(\mathrm{upper}, x_{nat} + \epsilon)\big)
+
+    ``U`` comes from a counter-based Philox generator keyed by one seed drawn from
+    ``generator`` (the device's default when None): the same seed gives the same start on
+    every backend. Shapes and the types of ``eps``/``lower``/``upper`` as in :func:`pgd_`.
+    """
+    x_adv = _checks.batched("x_adv", x_adv)
+    _checks.like("x_nat", x_nat, "x_adv", x_adv, same_dtype=True)
+    eps = _checks.per_example("eps", eps, x_adv, nonnegative=True, finite=True)
+    lower = _checks.per_channel("lower", lower, x_adv)
+    upper = _checks.per_channel("upper", upper, x_adv)
+    _checks.ordered_bounds(lower, upper)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    seed = _draw_seed(x_adv.device, generator)
+    with torch.no_grad():
+        torch.ops.fastadv.random_init_(x_adv, x_nat, seed, *eps, *lower, *upper)
+    return x_adv
+
+
+def keep_best_(best_x: Tensor, best_loss: Tensor, x: Tensor, loss: Tensor):
+    """The batched-restart reduction, in place: per example ``b``, where
+    ``loss[b] > best_loss[b]`` (strictly: ties keep the earlier candidate and a NaN loss never
+    wins), ``best_x[b] ← x[b]`` and ``best_loss[b] ← loss[b]``. Returns ``(best_x, best_loss)``.
+
+    Args:
+        best_x, x: ``[B, ...]``, same shape, dtype and device.
+        best_loss, loss: ``[B]`` floating (``loss`` is cast to ``best_loss``'s dtype); start
+            ``best_loss`` at ``-inf`` to take the first candidate.
+    """
+    best_x = _checks.batched("best_x", best_x)
+    _checks.like("x", x, "best_x", best_x, same_dtype=True)
+    best_loss = _checks.tensor("best_loss", best_loss)
+    loss = _checks.tensor("loss", loss)
+    batch = best_x.shape[0]
+    for name, t in (("best_loss", best_loss), ("loss", loss)):
+        if t.shape != (batch,):
+            raise ValueError(f"{name} must have shape [B] = [{batch}], got {list(t.shape)}")
+        if t.device != best_x.device:
+            raise ValueError(f"{name} is on {t.device} but best_x is on {best_x.device}")
+    with torch.no_grad():
+        torch.ops.fastadv.keep_best_(best_x, best_loss, x, loss.to(best_loss.dtype))
+    return best_x, best_loss
