@@ -1,0 +1,64 @@
+"""Shared test helpers: data builders, layouts and an exact/ulp comparison that names the
+first mismatching element."""
+
+import torch
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def ulp(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+def assert_ulp_close(actual, expected, *, ulps: int = 0, msg: str = ""):
+    """|actual - expected| <= ulps units in the last place of expected (NaN == NaN)."""
+    assert actual.shape == expected.shape, f"{msg} shape {actual.shape} vs {expected.shape}"
+    a, e = actual.double(), expected.to(actual.dtype).double()
+    both_nan = torch.isnan(a) & torch.isnan(e)
+    spacing = torch.finfo(actual.dtype).eps * torch.clamp_min(e.abs(), torch.finfo(actual.dtype).tiny)
+    bad = ~both_nan & ~((a - e).abs() <= ulps * spacing) & ~(a == e)
+    if bad.any():
+        idx = tuple(i.item() for i in bad.nonzero()[0])
+        raise AssertionError(
+            f"{msg} {int(bad.sum())} of {bad.numel()} elements differ by more than {ulps} ulp; "
+            f"first at {idx}: actual {a[idx].item()!r} expected {e[idx].item()!r}"
+        )
+
+
+def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values in another memory layout."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other element of a larger buffer: not dense
+        big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        view = big[..., ::2]
+        view.copy_(t)
+        return view
+    if layout == "transposed":  # dense, but batch is not outermost
+        return t.transpose(0, -1).contiguous().transpose(0, -1)
+    raise ValueError(layout)
+
+
+def attack_state(shape, dtype=torch.float32, device="cpu", *, eps=8 / 255, seed=0):
+    """(x_nat in [0,1], x_adv somewhere around it — sometimes outside the ball, grad with
+    zeros and NaNs mixed in)."""
+    gen = torch.Generator().manual_seed(seed)
+    x_nat = torch.rand(shape, generator=gen)
+    x_adv = (x_nat + 2 * eps * (torch.rand(shape, generator=gen) * 2 - 1)).clamp(0, 1)
+    grad = torch.randn(shape, generator=gen)
+    flat = grad.view(-1)
+    flat[:: 7] = 0.0
+    flat[3 :: 11] = float("nan")
+    return (x_nat.to(device, dtype), x_adv.to(device, dtype), grad.to(device))
+
+
+def interpreted(device: torch.device, backend: str) -> bool:
+    """Triton on CPU tensors runs in Triton's interpreter, which rounds bf16 differently."""
+    return backend == "triton" and device.type == "cpu"
+
+
+def step_ulps(device, backend, dtype) -> int:
+    """The kernels match the reference exactly, except bf16 stores under the interpreter."""
+    return 1 if interpreted(device, backend) and dtype == torch.bfloat16 else 0
