@@ -23,12 +23,13 @@ def _flag(name):
 
 def _build_cuda():
     forced = _flag("FASTADV_BUILD_CUDA")
-    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
+    possible = torch.version.cuda is not None and nvcc is not None and os.path.exists(nvcc)
     if forced and not possible:
         raise RuntimeError(
             "FASTADV_BUILD_CUDA=1 but the CUDA kernels cannot be built: "
             f"torch.version.cuda={torch.version.cuda!r}, CUDA_HOME={CUDA_HOME!r} "
-            "(install a CUDA build of torch and set CUDA_HOME to the toolkit with nvcc)"
+            "(install a CUDA build of torch and set CUDA_HOME to a toolkit with bin/nvcc)"
         )
     return possible if forced is None else forced
 

@@ -53,6 +53,8 @@ def like(name: str, value, ref_name: str, ref: Tensor, *, same_dtype: bool) -> T
 
 
 def _number(name: str, value) -> float:
+    if type(value) is float:  # the common case, before the slower ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     return float(value)

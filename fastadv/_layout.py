@@ -17,6 +17,8 @@ def is_dense(t: torch.Tensor) -> bool:
 
 def same_strides(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when a and b (same shape) lay their elements out in the same order."""
+    if a.stride() == b.stride():
+        return True
     return all(sa == sb for sz, sa, sb in zip(a.shape, a.stride(), b.stride()) if sz != 1)
 
 
@@ -24,9 +26,13 @@ def flat_layout(t: torch.Tensor) -> tuple[int, int] | None:
     """``(example_size, channel_div)`` when t can be walked flat in memory order with the
     batch dimension outermost: element i belongs to example ``i // example_size`` and channel
     ``(i // channel_div) % C``. None when it cannot (the caller copies to a dense layout)."""
-    if t.dim() == 0 or not is_dense(t):
+    if t.dim() == 0:
         return None
     batch = t.shape[0]
+    if t.is_contiguous():  # the common case, without the general stride analysis
+        return max(t.numel() // batch if batch else 1, 1), (t.stride(1) if t.dim() > 1 else 1)
+    if not is_dense(t):
+        return None
     example_size = t.numel() // batch if batch else 1
     if batch > 1 and t.stride(0) != example_size:
         return None

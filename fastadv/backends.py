@@ -59,7 +59,12 @@ def triton_interpreted() -> bool:
 
 def available(device: torch.device | str) -> tuple[str, ...]:
     """The backends that can run on ``device``, in order of preference."""
-    device_type = torch.device(device).type
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return _available(device_type, triton_interpreted())
+
+
+@functools.cache
+def _available(device_type: str, interpreted: bool) -> tuple[str, ...]:
     if device_type == "cuda":
         have = {"triton": triton_error() is None, "cuda": has_cuda_kernels(), "torch": True}
         return tuple(b for b in CUDA_PREFERENCE if have[b])
@@ -67,7 +72,7 @@ def available(device: torch.device | str) -> tuple[str, ...]:
         # The Triton interpreter runs the Triton kernels on CPU tensors (for testing).
         have = {"cpp": has_extension(), "torch": True}
         order = tuple(b for b in CPU_PREFERENCE if have[b])
-        if triton_interpreted() and triton_error() is None:
+        if interpreted and triton_error() is None:
             order += ("triton",)
         return order
     return ("torch",)

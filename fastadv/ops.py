@@ -5,6 +5,7 @@ This module is the one place that checks arguments and dispatches; the kernels i
 ``kernels/`` (Triton) and ``csrc/`` (C++/CUDA) and the reference in ``reference.py`` trust it.
 """
 
+import functools
 from typing import Optional
 
 import torch
@@ -16,13 +17,14 @@ from ._layout import flat_layout, same_strides
 # --------------------------------------------------------------------------- dispatch
 
 
+@functools.cache
 def _kernel(backend: str, name: str):
     """The launcher for kernel `name` (linf_step, l2_step, random_init, keep_best)."""
     if backend == "triton":
         from . import kernels
 
         return getattr(kernels, name)
-    return getattr(torch.ops.fastadv, f"_{name}_kernel_")
+    return getattr(torch.ops.fastadv, f"_{name}_kernel_").default
 
 
 def _uses_reference(backend: str, *tensors: Tensor) -> bool:
@@ -49,9 +51,32 @@ def _scalar_or_tensor(per: Optional[Tensor], value: float):
 
 
 # --------------------------------------------------------------------------- registered ops
+#
+# Defined with torch.library.Library rather than @custom_op: the same registrations (schema,
+# fake, autograd) at ~2 µs of dispatch per call instead of ~9 µs, which matters for a step
+# that takes tens of µs on small batches.
+
+_LIB = torch.library.Library("fastadv", "FRAGMENT")  # csrc/ owns the kernel ops' DEF block
+_STEP_ARGS = ("Tensor grad, Tensor x_nat, Tensor? eps_per_example, float eps, "
+              "Tensor? alpha_per_example, float alpha, Tensor? lower_per_channel, float lower, "
+              "Tensor? upper_per_channel, float upper, str norm")
+_LIB.define(f"pgd_(Tensor(a!) x_adv, {_STEP_ARGS}) -> ()")
+_LIB.define(f"pgd_step(Tensor x_adv, {_STEP_ARGS}) -> Tensor")
+_LIB.define("random_init_(Tensor(a!) x_adv, Tensor x_nat, Tensor seed, Tensor? eps_per_example, "
+            "float eps, Tensor? lower_per_channel, float lower, Tensor? upper_per_channel, "
+            "float upper) -> ()")
+_LIB.define("keep_best_(Tensor(a!) best_x, Tensor(b!) best_loss, Tensor x, Tensor loss) -> ()")
 
 
-@torch.library.custom_op("fastadv::pgd_", mutates_args=("x_adv",))
+def _register(name: str):
+    """Registers fn as the op's implementation on every device (it dispatches itself)."""
+    def wrap(fn):
+        _LIB.impl(name, fn, "CompositeExplicitAutograd")
+        return fn
+    return wrap
+
+
+@_register("pgd_")
 def _pgd_op(
     x_adv: Tensor, grad: Tensor, x_nat: Tensor,
     eps_per_example: Optional[Tensor], eps: float,
@@ -74,12 +99,12 @@ def _pgd_op(
                  lower_per_channel, lower, upper_per_channel, upper)
 
 
-@_pgd_op.register_fake
+@torch.library.register_fake("fastadv::pgd_", lib=_LIB)
 def _(x_adv, grad, x_nat, *args) -> None:
     return None
 
 
-@torch.library.custom_op("fastadv::pgd_step", mutates_args=())
+@_register("pgd_step")
 def _pgd_step_op(
     x_adv: Tensor, grad: Tensor, x_nat: Tensor,
     eps_per_example: Optional[Tensor], eps: float,
@@ -94,7 +119,7 @@ def _pgd_step_op(
     return out
 
 
-@_pgd_step_op.register_fake
+@torch.library.register_fake("fastadv::pgd_step", lib=_LIB)
 def _(x_adv, grad, x_nat, *args) -> Tensor:
     return torch.empty_like(x_adv)
 
@@ -125,10 +150,11 @@ def _pgd_step_backward(ctx, grad_out):
     return (d_x, d_grad, d_nat) + (None,) * 9
 
 
-_pgd_step_op.register_autograd(_pgd_step_backward, setup_context=_pgd_step_setup_context)
+torch.library.register_autograd("fastadv::pgd_step", _pgd_step_backward,
+                                setup_context=_pgd_step_setup_context, lib=_LIB)
 
 
-@torch.library.custom_op("fastadv::random_init_", mutates_args=("x_adv",))
+@_register("random_init_")
 def _random_init_op(
     x_adv: Tensor, x_nat: Tensor, seed: Tensor,
     eps_per_example: Optional[Tensor], eps: float,
@@ -146,12 +172,12 @@ def _random_init_op(
                  lower_per_channel, lower, upper_per_channel, upper)
 
 
-@_random_init_op.register_fake
+@torch.library.register_fake("fastadv::random_init_", lib=_LIB)
 def _(x_adv, x_nat, seed, *args) -> None:
     return None
 
 
-@torch.library.custom_op("fastadv::keep_best_", mutates_args=("best_x", "best_loss"))
+@_register("keep_best_")
 def _keep_best_op(best_x: Tensor, best_loss: Tensor, x: Tensor, loss: Tensor) -> None:
     backend = backends.select(best_x.device)
     if _uses_reference(backend, best_x, best_loss):
@@ -171,7 +197,7 @@ def _keep_best_op(best_x: Tensor, best_loss: Tensor, x: Tensor, loss: Tensor) ->
         best_loss.copy_(work_loss)
 
 
-@_keep_best_op.register_fake
+@torch.library.register_fake("fastadv::keep_best_", lib=_LIB)
 def _(best_x, best_loss, x, loss) -> None:
     return None
 

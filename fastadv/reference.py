@@ -68,7 +68,10 @@ def linf_step(x_adv, grad, x_nat, eps, alpha, lower, upper) -> Tensor:
 
 
 def _example_norm(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.flatten(1), dim=1).view(-1, *([1] * (t.dim() - 1)))
+    """The l2 norm of each example, shaped to broadcast against t."""
+    if t.dim() == 1:
+        return t.abs()
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True)
 
 
 def l2_step(x_adv, grad, x_nat, eps, alpha, lower, upper) -> Tensor:

@@ -9,7 +9,7 @@ namespace fastadv::cpu {
 namespace {
 
 template <typename scalar_t, typename grad_t, typename Bounds>
-void linf_run(scalar_t* __restrict__ x, const grad_t* __restrict__ grad,
+FASTADV_VECTOR_CLONES void linf_run(scalar_t* __restrict__ x, const grad_t* __restrict__ grad,
               const scalar_t* __restrict__ x_nat, int64_t n, float eps, float alpha,
               Bounds bounds) {
 #pragma omp simd

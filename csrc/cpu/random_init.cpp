@@ -10,7 +10,7 @@ namespace fastadv::cpu {
 namespace {
 
 template <typename scalar_t, typename Bounds>
-void random_run(scalar_t* __restrict__ x, const scalar_t* __restrict__ x_nat, int64_t n,
+FASTADV_VECTOR_CLONES void random_run(scalar_t* __restrict__ x, const scalar_t* __restrict__ x_nat, int64_t n,
                 uint64_t seed, int64_t counter, float eps, Bounds bounds) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {

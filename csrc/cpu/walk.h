@@ -7,6 +7,14 @@
 #include <vector>
 #include "../params.h"
 
+// The inner loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load
+// time (GNU ifunc), so a portable wheel still uses the machine's widest vectors.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define FASTADV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTADV_VECTOR_CLONES
+#endif
+
 namespace fastadv::cpu {
 
 // Bounds that do not vary inside a run.

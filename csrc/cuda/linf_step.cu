@@ -51,9 +51,9 @@ void launch(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat
   const T* np = x_nat.const_data_ptr<T>();
   const VecSplit split = vec_split<VEC>(L.numel, static_cast<const T*>(xp), gp, np);
   const int64_t items = std::max(split.nvec, L.numel - split.nvec * VEC);
-  const bool per_index =
+  const bool varies =
       p.eps.varies() || p.alpha.varies() || p.lower.varies() || p.upper.varies();
-  auto* kernel = per_index ? linf_step_kernel<T, G, VEC, true> : linf_step_kernel<T, G, VEC, false>;
+  auto* kernel = varies ? linf_step_kernel<T, G, VEC, true> : linf_step_kernel<T, G, VEC, false>;
   kernel<<<grid_size(items, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       xp, gp, np, p, L, split);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
