@@ -2,11 +2,13 @@
 of torch and nvcc are present. FASTADV_BUILD_CUDA=1 forces the CUDA kernels (error if they
 cannot be built), =0 skips them. TORCH_CUDA_ARCH_LIST is respected (default: 8.0;9.0).
 MAX_JOBS bounds parallel compilation. FASTADV_BUILD_EXT=0 installs the pure-Python package
-(reference backend plus Triton) with no compiled extension."""
+(reference backend plus Triton) with no compiled extension, as happens by itself where no
+C++ compiler is found (=1 insists on building)."""
 
 import glob
 import importlib.util
 import os
+import shutil
 
 from setuptools import setup
 
@@ -48,6 +50,10 @@ def _cuda_wheel_includes():
 
 def _extensions():
     if _flag("FASTADV_BUILD_EXT") is False:
+        return []
+    if _flag("FASTADV_BUILD_EXT") is None and shutil.which(os.environ.get("CXX", "c++")) is None:
+        print("fastadv: no C++ compiler found; installing without fastadv._C "
+              "(the Triton and PyTorch backends remain)")
         return []
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # No fp contraction: the random start must round identically on every backend.

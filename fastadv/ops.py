@@ -105,17 +105,9 @@ def _(x_adv, grad, x_nat, *args) -> None:
 
 
 @_register("pgd_step")
-def _pgd_step_op(
-    x_adv: Tensor, grad: Tensor, x_nat: Tensor,
-    eps_per_example: Optional[Tensor], eps: float,
-    alpha_per_example: Optional[Tensor], alpha: float,
-    lower_per_channel: Optional[Tensor], lower: float,
-    upper_per_channel: Optional[Tensor], upper: float,
-    norm: str,
-) -> Tensor:
+def _pgd_step_op(x_adv: Tensor, *step_args) -> Tensor:
     out = x_adv.clone()
-    _pgd_op(out, grad, x_nat, eps_per_example, eps, alpha_per_example, alpha,
-            lower_per_channel, lower, upper_per_channel, upper, norm)
+    _pgd_op(out, *step_args)
     return out
 
 

@@ -61,6 +61,15 @@ def _finite(g):
 
 
 @triton.jit
+def _stepped(x_ptr, grad_ptr, x_nat_ptr, offsets, mask, factor):
+    """x + g*factor (the unprojected step) and x_nat at `offsets`, in fp32."""
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    g = _finite(tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32))
+    x_nat = tl.load(x_nat_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    return x + g * factor, x_nat
+
+
+@triton.jit
 def _l2_step_kernel(
     x_ptr, grad_ptr, x_nat_ptr,
     eps_ptr, eps_value, alpha_ptr, alpha_value,
@@ -89,10 +98,8 @@ def _l2_step_kernel(
     for start in range(0, example_size, BLOCK):
         offsets = start + tl.arange(0, BLOCK)
         mask = offsets < example_size
-        x = tl.load(x_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32)
-        g = _finite(tl.load(grad_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32))
-        x_nat = tl.load(x_nat_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32)
-        d = (x + g * factor) - x_nat
+        v, x_nat = _stepped(x_ptr, grad_ptr, x_nat_ptr, base + offsets, mask, factor)
+        d = v - x_nat
         delta_sq += tl.where(mask, d * d, 0.0)
     delta_norm = tl.sqrt(tl.sum(delta_sq, axis=0))
     project = delta_norm > eps
@@ -101,10 +108,7 @@ def _l2_step_kernel(
     for start in range(0, example_size, BLOCK):
         offsets = start + tl.arange(0, BLOCK)
         mask = offsets < example_size
-        x = tl.load(x_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32)
-        g = _finite(tl.load(grad_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32))
-        x_nat = tl.load(x_nat_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32)
-        v = x + g * factor
+        v, x_nat = _stepped(x_ptr, grad_ptr, x_nat_ptr, base + offsets, mask, factor)
         out = tl.where(project, x_nat + (v - x_nat) * shrink, v)
         channel = ((base + offsets) // channel_div) % channels
         lower = per_index(lower_ptr, lower_value, channel, mask, PER_CHANNEL_LOWER)
