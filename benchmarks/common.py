@@ -53,7 +53,7 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, module: str) -> dict:
     try:
         import triton
 
@@ -74,5 +74,5 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": sha,
-        "command": " ".join([sys.executable.rsplit("/", 1)[-1], "-m", "benchmarks.op", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", module, *sys.argv[1:]]),
     }

@@ -123,7 +123,7 @@ def main(argv=None):
     device = torch.device(args.device)
     shapes = QUICK_SHAPES if args.quick else tuple(SHAPES)
     rows = run(device, shapes, getattr(torch, args.dtype), repeats=5 if args.quick else 30)
-    env = environment(device)
+    env = environment(device, "benchmarks.op")
     print(markdown(rows, env))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -1,13 +1,18 @@
 """fastadv: fast, trustworthy adversarial training and evaluation (Madry et al.).
 
+Attacks: ``pgd``, ``fgsm``, ``fgsm_rs``, ``PGD`` (torchattacks-style), ``GraphedPGD``.
 The fused PGD ops (``pgd_``, ``pgd_step``, ``random_init_``, ``keep_best_``) run on Triton,
 CUDA C++ or CPU C++ kernels where available and on a PyTorch reference otherwise;
 ``python -m fastadv.info`` tells which.
 """
 
 from . import backends
+from .attacks import PGD, AttackInfo, GraphedPGD, fgsm, fgsm_rs, pgd
 from .ops import keep_best_, pgd_, pgd_step, random_init_
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "keep_best_", "pgd_", "pgd_step", "random_init_"]
+__all__ = [
+    "PGD", "AttackInfo", "GraphedPGD", "backends", "fgsm", "fgsm_rs", "keep_best_", "pgd",
+    "pgd_", "pgd_step", "random_init_",
+]

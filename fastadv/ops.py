@@ -197,17 +197,24 @@ def _(best_x, best_loss, x, loss) -> None:
 # --------------------------------------------------------------------------- public API
 
 
-def _step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm) -> tuple:
-    x_adv = _checks.batched("x_adv", x_adv)
-    _checks.like("grad", grad, "x_adv", x_adv, same_dtype=False)
-    _checks.like("x_nat", x_nat, "x_adv", x_adv, same_dtype=True)
+def ball_args(x_adv: Tensor, eps, alpha, lower, upper, norm) -> tuple:
+    """Validated, normalised ``(eps, alpha, lower, upper, norm)`` in the form the registered
+    ``fastadv::pgd_`` takes after its three tensors. Loops that step many times with the same
+    parameters check them once with this and call ``torch.ops.fastadv.pgd_`` directly."""
     norm = _checks.norm(norm)
     eps = _checks.per_example("eps", eps, x_adv, nonnegative=True, finite=False)
     alpha = _checks.per_example("alpha", alpha, x_adv, nonnegative=False, finite=True)
     lower = _checks.per_channel("lower", lower, x_adv)
     upper = _checks.per_channel("upper", upper, x_adv)
     _checks.ordered_bounds(lower, upper)
-    return (x_adv, grad, x_nat, *eps, *alpha, *lower, *upper, norm)
+    return (*eps, *alpha, *lower, *upper, norm)
+
+
+def _step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm) -> tuple:
+    x_adv = _checks.batched("x_adv", x_adv)
+    _checks.like("grad", grad, "x_adv", x_adv, same_dtype=False)
+    _checks.like("x_nat", x_nat, "x_adv", x_adv, same_dtype=True)
+    return (x_adv, grad, x_nat, *ball_args(x_adv, eps, alpha, lower, upper, norm))
 
 
 def pgd_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps, alpha, lower=0.0, upper=1.0,

@@ -46,3 +46,29 @@ def test_cpu_and_cuda_agree(device_backend):
     expected = reference.linf_step(x_adv, grad, x_nat, 0.03, 0.01, 0.0, 1.0)
     out = fastadv.pgd_(x_adv.to(device), grad.to(device), x_nat.to(device), eps=0.03, alpha=0.01)
     assert torch.equal(out.cpu(), expected)
+
+
+def _digits_on_cuda():
+    from digits_model import train_digits_cnn
+
+    model, x, y = train_digits_cnn(epochs=5)
+    return model.cuda(), x.cuda(), y.cuda()
+
+
+def test_graphed_pgd_matches_eager_strength_and_recaptures():
+    model, x, y = _digits_on_cuda()
+    eager = fastadv.pgd(model, x, y, eps=0.1, alpha=0.025, steps=10, restarts=2)
+    graphed = fastadv.pgd(model, x, y, eps=0.1, alpha=0.025, steps=10, restarts=2,
+                          cuda_graph=True)
+    assert ((graphed >= x - 0.1) & (graphed <= x + 0.1) & (graphed >= 0) & (graphed <= 1)).all()
+    with torch.no_grad():
+        acc_eager = (model(eager).argmax(1) == y).float().mean().item()
+        acc_graphed = (model(graphed).argmax(1) == y).float().mean().item()
+    assert abs(acc_eager - acc_graphed) <= 0.02
+    atk = fastadv.GraphedPGD(model, eps=0.1, alpha=0.025, steps=5)
+    first, _, _ = atk(x[:64], y[:64])
+    second, _, _ = atk(x[:64], y[:64])
+    assert not torch.equal(first, second)  # fresh random start per replay
+    odd, loss, fooled = atk(x[:37], y[:37])  # a new shape: a new capture
+    assert odd.shape == x[:37].shape and loss.shape == (37,) and fooled.dtype == torch.bool
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
