@@ -94,7 +94,7 @@ def graphed_chunk_fn(model: nn.Module, x: Tensor, cfg: _Config):
                                     precision=cfg.precision, eval_mode=not model.training)
     graphed = per_model[key]
 
-    def chunk_fn(x_c, y_c, _cfg):
+    def chunk_fn(x_c, y_c, _cfg, _evaluate):
         return graphed(x_c, y_c)
 
     return chunk_fn

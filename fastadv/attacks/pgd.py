@@ -105,9 +105,11 @@ def _l2_random_init_(x_adv: Tensor, x_nat: Tensor, eps, lower, upper, generator)
     return x_adv.copy_(reference.clamp(x_nat + delta, lo, hi))
 
 
-def attack_chunk(model, x_nat: Tensor, y: Tensor, cfg: _Config):
-    """K PGD steps on one batch (no restarts): returns (x_adv, objective [n], fooled [n]).
-    Free of host synchronisation, so it can be captured in a CUDA graph."""
+def attack_chunk(model, x_nat: Tensor, y: Tensor, cfg: _Config, evaluate: bool = True):
+    """K PGD steps on one batch (no restarts): returns (x_adv, objective [n], fooled [n]), the
+    last two from one more forward pass, or None without `evaluate` (nothing to compare
+    against with a single restart). Free of host synchronisation, so it can be captured in a
+    CUDA graph."""
     x_adv = torch.empty_like(x_nat)
     if not cfg.random_start:
         x_adv.copy_(x_nat)
@@ -129,6 +131,8 @@ def attack_chunk(model, x_nat: Tensor, y: Tensor, cfg: _Config):
         x_adv = x_adv.detach()
         with torch.no_grad():
             torch.ops.fastadv.pgd_(x_adv, grad, x_nat, *ball)
+    if not evaluate and cfg.steps > 0:
+        return x_adv, None, None
     with torch.no_grad():
         logits = _logits(model, x_adv, cfg.precision)
         if cfg.steps == 0:
@@ -151,7 +155,11 @@ class _Best:
         self.fooled = torch.zeros(batch, dtype=torch.bool, device=x.device)
         self.restart = torch.full((batch,), -1, dtype=torch.int64, device=x.device)
 
-    def update(self, idx, x_c: Tensor, loss_c: Tensor, fooled_c: Tensor, restart: int):
+    def update(self, idx, x_c: Tensor, loss_c: Tensor | None, fooled_c: Tensor | None,
+               restart: int):
+        if loss_c is None:  # the only candidate: it wins
+            self.x[idx] = x_c
+            return
         score = torch.where(fooled_c, math.inf, loss_c)
         best_x, best_score = self.x[idx], self.score[idx]  # views for slices, copies otherwise
         won = score > best_score
@@ -178,7 +186,7 @@ def _take(t, idx):
 
 
 def _run_restarts(model, x, y, cfg: _Config, restarts: int, early_stop: bool,
-                  max_batch: int | None, chunk_fn) -> _Best:
+                  max_batch: int | None, chunk_fn, evaluate: bool) -> _Best:
     best = _Best(x)
     batch = len(x)
     if early_stop:
@@ -186,7 +194,7 @@ def _run_restarts(model, x, y, cfg: _Config, restarts: int, early_stop: bool,
         for r0 in range(restarts):
             if active.numel() == 0:
                 break
-            _attack_group(best, active, x, y, cfg, r0, 1, max_batch, chunk_fn)
+            _attack_group(best, active, x, y, cfg, r0, 1, max_batch, chunk_fn, True)
             active = active[~best.fooled[active]]
         return best
     step = batch if max_batch is None else max(1, min(batch, max_batch))
@@ -195,12 +203,13 @@ def _run_restarts(model, x, y, cfg: _Config, restarts: int, early_stop: bool,
         n = idx.stop - idx.start
         per_chunk = restarts if max_batch is None else max(1, max_batch // n)
         for r0 in range(0, restarts, per_chunk):
-            _attack_group(best, idx, x, y, cfg, r0, min(per_chunk, restarts - r0), None, chunk_fn)
+            _attack_group(best, idx, x, y, cfg, r0, min(per_chunk, restarts - r0), None, chunk_fn,
+                          evaluate)
     return best
 
 
 def _attack_group(best: _Best, idx, x, y, cfg: _Config, first_restart: int, count: int,
-                  max_batch: int | None, chunk_fn):
+                  max_batch: int | None, chunk_fn, evaluate: bool):
     """Restarts first_restart .. +count on the examples idx, as one batch of count×n (split
     by max_batch when given), folded into best."""
     x_i, y_i = x[idx], y[idx]
@@ -213,13 +222,14 @@ def _attack_group(best: _Best, idx, x, y, cfg: _Config, first_restart: int, coun
         group_cfg = _replace(cfg, eps=_repeat(_take(eps_i, sub), count),
                              alpha=_repeat(_take(alpha_i, sub), count))
         x_adv, loss, fooled = chunk_fn(_repeat(x_i[sub], count), _repeat(y_i[sub], count),
-                                       group_cfg)
+                                       group_cfg, evaluate)
         m = e - s
         target = idx if len(pieces) == 1 else (
             slice(idx.start + s, idx.start + e) if isinstance(idx, slice) else idx[sub])
         for k in range(count):
             part = slice(k * m, (k + 1) * m)
-            best.update(target, x_adv[part], loss[part], fooled[part], first_restart + k)
+            best.update(target, x_adv[part], None if loss is None else loss[part],
+                        None if fooled is None else fooled[part], first_restart + k)
 
 
 def _replace(cfg: _Config, **changes) -> _Config:
@@ -320,9 +330,12 @@ def pgd(model, x: Tensor, y: Tensor, *, eps, alpha, steps: int, restarts: int = 
 
             chunk_fn = graphed_chunk_fn(model, x_work, cfg)
         else:
-            def chunk_fn(x_c, y_c, c):
-                return attack_chunk(model, x_c, y_c, c)
-        best = _run_restarts(model, x_work, y, cfg, restarts, early_stop, max_batch, chunk_fn)
+            def chunk_fn(x_c, y_c, c, evaluate):
+                return attack_chunk(model, x_c, y_c, c, evaluate)
+        # One restart and no info wanted: no candidates to compare, no final forward pass.
+        evaluate = restarts > 1 or early_stop or return_info
+        best = _run_restarts(model, x_work, y, cfg, restarts, early_stop, max_batch, chunk_fn,
+                             evaluate)
     x_adv = best.x if best.x.stride() == x.stride() else torch.empty_like(x).copy_(best.x)
     if return_info:
         return x_adv, AttackInfo(best.loss, best.fooled, best.restart)
