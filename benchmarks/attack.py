@@ -9,9 +9,7 @@ speed mechanic and the robust accuracy each attack leaves (it must not move).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +17,7 @@ import torch.nn.functional as F
 import fastadv
 from fastadv.models import PreActResNet18, SmallCNN
 
-from .common import environment, time_fn
+from .common import report, time_fn
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -162,14 +160,7 @@ def main(argv=None):
     batch = args.batch or (32 if args.quick else 512 if device.type == "cuda" else 64)
     repeats = 2 if args.quick else args.repeats
     rows = [row for name in models for row in run(device, name, batch, args.steps, repeats)]
-    env = environment(device, "benchmarks.attack")
-    print(markdown(rows, env))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"suite": "attack", **env, "rows": [asdict(r) for r in rows]}, f, indent=1)
-        print(f"wrote {args.json}")
-
+    report("attack", device, rows, markdown, args.json)
 
 if __name__ == "__main__":
     main()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -76,3 +78,14 @@ def environment(device: torch.device, module: str) -> dict:
         "git_sha": sha,
         "command": " ".join(["python", "-m", module, *sys.argv[1:]]),
     }
+
+
+def report(suite: str, device: torch.device, rows: list, markdown, json_path: str | None) -> None:
+    """Print the suite's table (with device, versions and date) and write its JSON."""
+    env = environment(device, f"benchmarks.{suite}")
+    print(markdown(rows, env))
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump({"suite": suite, **env, "rows": [asdict(r) for r in rows]}, f, indent=1)
+        print(f"wrote {json_path}")

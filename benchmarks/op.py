@@ -12,16 +12,15 @@ times bimodal (page faults when malloc returns fresh memory).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 import fastadv
 from fastadv import backends
 
-from .common import environment, time_fn
+from .common import report, time_fn
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -123,14 +122,7 @@ def main(argv=None):
     device = torch.device(args.device)
     shapes = QUICK_SHAPES if args.quick else tuple(SHAPES)
     rows = run(device, shapes, getattr(torch, args.dtype), repeats=5 if args.quick else 30)
-    env = environment(device, "benchmarks.op")
-    print(markdown(rows, env))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"suite": "op", **env, "rows": [asdict(r) for r in rows]}, f, indent=1)
-        print(f"wrote {args.json}")
-
+    report("op", device, rows, markdown, args.json)
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,6 @@ targeted, `y` are the targets."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
