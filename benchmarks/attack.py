@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import fastadv
+from fastadv.data import synthetic
 from fastadv.models import PreActResNet18, SmallCNN
 
 from .common import report, time_fn
@@ -23,12 +24,9 @@ EPS, ALPHA = 8 / 255, 2 / 255
 
 
 def synthetic_cifar(n: int, device, seed: int = 0):
-    """Class-conditional 3x32x32 images in [0, 1]: a fixed random pattern per class plus
-    noise, learnable in a few steps so that accuracy means something."""
-    patterns = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(12345))
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    x = (0.6 * patterns[y] + 0.4 * torch.rand(n, 3, 32, 32, generator=gen)).clamp(0, 1)
+    """Class-conditional 3x32x32 images in [0, 1] (fastadv.data.synthetic): a fixed random
+    pattern per class plus noise, learnable in a few steps so that accuracy means something."""
+    x, y = synthetic(n, (3, 32, 32), num_classes=10, seed=seed)
     return x.to(device), y.to(device)
 
 

@@ -1,6 +1,8 @@
 """fastadv: fast, trustworthy adversarial training and evaluation (Madry et al.).
 
 Attacks: ``pgd``, ``fgsm``, ``fgsm_rs``, ``PGD`` (torchattacks-style), ``GraphedPGD``.
+Training: ``python -m fastadv.train`` (``fastadv.train.train``); ``load_model`` reads its
+checkpoints back.
 The fused PGD ops (``pgd_``, ``pgd_step``, ``random_init_``, ``keep_best_``) run on Triton,
 CUDA C++ or CPU C++ kernels where available and on a PyTorch reference otherwise;
 ``python -m fastadv.info`` tells which.
@@ -8,11 +10,12 @@ CUDA C++ or CPU C++ kernels where available and on a PyTorch reference otherwise
 
 from . import backends
 from .attacks import PGD, AttackInfo, GraphedPGD, fgsm, fgsm_rs, pgd
+from .checkpoint import load_model
 from .ops import keep_best_, pgd_, pgd_step, random_init_
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PGD", "AttackInfo", "GraphedPGD", "backends", "fgsm", "fgsm_rs", "keep_best_", "pgd",
+    "PGD", "AttackInfo", "GraphedPGD", "backends", "fgsm", "fgsm_rs", "keep_best_", "load_model", "pgd",
     "pgd_", "pgd_step", "random_init_",
 ]

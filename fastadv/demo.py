@@ -10,19 +10,17 @@ import time
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 import fastadv
 from fastadv import backends
+from fastadv.data import digits
 
 
 def load(seed: int):
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8] in [0,1]
-    y = torch.tensor(digits.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    split = int(0.8 * len(y))
-    return (x[order[:split]], y[order[:split]]), (x[order[split:]], y[order[split:]])
+    """((x_train [1437, 1, 8, 8], y_train), (x_test [360, 1, 8, 8], y_test)): the digits split
+    by `seed` (fastadv.data's "digits")."""
+    x_train, y_train, x_test, y_test = digits.load(seed)
+    return (x_train, y_train), (x_test, y_test)
 
 
 def train(x, y, epochs=30):

@@ -1,4 +1,8 @@
-"""Models that take inputs in [0, 1] and normalise inside (the RobustBench convention)."""
+"""Models that take inputs in [0, 1] and normalise inside (the RobustBench convention).
+
+``build_model(name, ...)`` makes any of ``MODELS`` for a dataset's shape, classes and
+statistics; checkpoints record those arguments so ``fastadv.load_model`` can rebuild it.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,7 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels=1, num_classes=10, width=1, mean=(0.5,), std=(0.5,)):
         super().__init__()
         c1, c2 = 16 * width, 32 * width
-        self.normalize = Normalize(mean * in_channels if len(mean) == 1 else mean,
-                                   std * in_channels if len(std) == 1 else std)
+        self.normalize = Normalize(_per_channel(mean, in_channels), _per_channel(std, in_channels))
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1, stride=2), nn.ReLU(),
@@ -66,10 +69,10 @@ class PreActResNet18(nn.Module):
     """He et al. 2016 pre-activation ResNet-18 for 32x32 inputs (~1.1 GFLOP per image
     forward, counting a multiply-add as two FLOPs), as used by Rice et al. and Wong et al."""
 
-    def __init__(self, num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    def __init__(self, num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD, in_channels=3):
         super().__init__()
         self.normalize = Normalize(mean, std)
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         layers, in_planes = [], 64
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)]
@@ -82,3 +85,101 @@ class PreActResNet18(nn.Module):
         out = self.layers(self.conv1(self.normalize(x)))
         out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
         return self.linear(out)
+
+
+class WideBasicBlock(nn.Module):
+    """BN-ReLU-conv3x3 twice, the wide ResNet's pre-activation block."""
+
+    def __init__(self, in_planes, planes, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return out + shortcut
+
+
+class WideResNet(nn.Module):
+    """Zagoruyko & Komodakis' wide ResNet; WRN-34-10 (46M parameters, ~13 GFLOP per 32x32
+    image forward) is the capacity Madry et al. and TRADES train CIFAR-10 with."""
+
+    def __init__(self, depth=34, widen=10, num_classes=10, in_channels=3, mean=CIFAR10_MEAN,
+                 std=CIFAR10_STD):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"depth must be 6n + 4, got {depth}")
+        blocks = (depth - 4) // 6
+        widths = (16, 16 * widen, 32 * widen, 64 * widen)
+        self.normalize = Normalize(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        layers, in_planes = [], widths[0]
+        for planes, stride in zip(widths[1:], (1, 2, 2)):
+            for i in range(blocks):
+                layers.append(WideBasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x):
+        out = self.layers(self.conv1(self.normalize(x)))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+        return self.linear(out)
+
+
+class MadryCNN(nn.Module):
+    """Madry et al.'s MNIST network: conv5x5(32) - maxpool - conv5x5(64) - maxpool - fc(1024)
+    - fc(classes). `width` scales it as the paper's capacity study does (2w and 4w filters,
+    a 64w-unit hidden layer): width=16 is the network of the paper's MNIST results."""
+
+    def __init__(self, in_channels=1, num_classes=10, image_size=28, width=16, mean=(0.0,),
+                 std=(1.0,)):
+        super().__init__()
+        c1, c2, hidden = 2 * width, 4 * width, 64 * width
+        self.normalize = Normalize(_per_channel(mean, in_channels), _per_channel(std, in_channels))
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        )
+        side = image_size // 4
+        self.head = nn.Sequential(nn.Linear(c2 * side * side, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(self.normalize(x)))
+
+
+def _per_channel(values: Sequence[float], channels: int) -> tuple:
+    return tuple(values) * channels if len(values) == 1 else tuple(values)
+
+
+MODELS = ("preact-resnet18", "wrn-34-10", "madry-cnn", "small-cnn")
+
+
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
+                width: int | None = None) -> nn.Module:
+    """One of ``MODELS`` for inputs ``[B, in_channels, image_size, image_size]`` in [0, 1],
+    normalising with the dataset's per-channel ``mean``/``std`` inside. ``width`` scales the
+    small CNNs (capacity studies); the ResNets have fixed widths."""
+    mean, std = _per_channel(mean, in_channels), _per_channel(std, in_channels)
+    if name == "preact-resnet18":
+        return PreActResNet18(num_classes, mean, std, in_channels)
+    if name == "wrn-34-10":
+        return WideResNet(34, 10, num_classes=num_classes, in_channels=in_channels, mean=mean,
+                          std=std)
+    if name == "madry-cnn":
+        if image_size % 4:
+            raise ValueError(f"madry-cnn needs an image size divisible by 4, got {image_size}")
+        return MadryCNN(in_channels, num_classes, image_size, width or 16, mean, std)
+    if name == "small-cnn":
+        return SmallCNN(in_channels, num_classes, width or 1, mean, std)
+    raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")

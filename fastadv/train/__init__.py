@@ -1,0 +1,13 @@
+"""``python -m fastadv.train``: adversarial training end to end (see ``--help``), and the same
+as a Python call: ``fastadv.train.train(TrainConfig(...))``."""
+
+from .config import DATASET_DEFAULTS, METHODS, TrainConfig
+from .loop import train
+
+__all__ = ["DATASET_DEFAULTS", "METHODS", "TrainConfig", "main", "train"]
+
+
+def main(argv=None):
+    from .cli import main as _main
+
+    return _main(argv)

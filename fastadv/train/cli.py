@@ -1,0 +1,42 @@
+"""Command line entry: parse, fill defaults (or the saved run's settings on --resume), check,
+train. Bad input exits non-zero with one clear line, before anything is written."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..checkpoint import load_checkpoint
+from ..data import DatasetNotFoundError
+from .config import TrainConfig, check, explicit_flags, parser, resolve
+from .loop import train
+
+
+def config_from_args(argv=None) -> TrainConfig:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        if not args.resume:
+            return resolve(args)
+        if args.out is None:
+            raise ValueError("--resume needs --out, the run directory to continue")
+        saved = load_checkpoint(os.path.join(args.out, "last.pt"))["config"]
+        # The saved run's settings, with the flags given now on top (the trainer refuses
+        # changes that would alter the result).
+        values = {**saved, **{k: getattr(args, k) for k in explicit_flags(args, p)},
+                  "out": args.out, "resume": True}
+        cfg = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
+        check(cfg)
+        return cfg
+    except (ValueError, FileNotFoundError) as exc:
+        p.error(str(exc))
+
+
+def main(argv=None) -> int:
+    cfg = config_from_args(argv)
+    try:
+        train(cfg)
+    except (ValueError, DatasetNotFoundError) as exc:
+        print(f"python -m fastadv.train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

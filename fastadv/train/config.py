@@ -1,0 +1,228 @@
+"""The trainer's command line: every flag, the per-dataset defaults, and the checks that turn
+bad input into a clear error before anything is written."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+from ..data import DATASETS
+from ..models import MODELS
+
+METHODS = ("pgd", "fgsm-rs", "free", "trades", "standard")
+SCHEDULES = ("piecewise", "cyclic", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("sgd", "adam")
+
+# The papers' settings per dataset (CIFAR-10: Madry et al./Rice et al.; MNIST: Madry et al.);
+# digits is sized to train in a couple of minutes on a laptop CPU.
+DATASET_DEFAULTS = {
+    "cifar10": dict(model="preact-resnet18", eps=8 / 255, alpha=2 / 255, steps=10, epochs=200,
+                    batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                    schedule="piecewise", val_size=1000, eval_examples=1000),
+    "mnist": dict(model="madry-cnn", eps=0.3, alpha=0.01, steps=40, epochs=80, batch_size=50,
+                  optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant",
+                  val_size=1000, eval_examples=1000),
+    "digits": dict(model="small-cnn", eps=0.2, alpha=0.05, steps=10, epochs=40, batch_size=64,
+                   optimizer="adam", lr=3e-3, weight_decay=0.0, schedule="cosine",
+                   val_size=144, eval_examples=1000),
+    "synthetic": dict(model="preact-resnet18", eps=8 / 255, alpha=2 / 255, steps=10, epochs=10,
+                      batch_size=512, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                      schedule="cyclic", val_size=1000, eval_examples=1000),
+}
+
+# Changing these between a run and its resume does not change what is computed.
+RESUMABLE = ("out", "resume", "device", "data_dir", "download", "progress", "compile")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    model: str = "small-cnn"
+    width: int | None = None
+    method: str = "pgd"
+    eps: float = 0.2
+    alpha: float = 0.05
+    steps: int = 10
+    restarts: int = 1
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    device: str | None = None
+    seed: int = 0
+    out: str = "runs/digits-pgd"
+    resume: bool = False
+    eval_every: int = 1
+    eval_steps: int = 10
+    eval_examples: int = 1000
+    val_size: int = 144
+    save_every: int = 0
+    free_replays: int = 4
+    trades_beta: float = 6.0
+    attack_bn: str = "eval"
+    sync_bn: bool = False
+    synthetic_train: int = 50_000
+    synthetic_test: int = 10_000
+    image_size: int = 32
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def number(text: str) -> float:
+    """A float, also written as a fraction: ``8/255``."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.03 or 8/255, got {text!r}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastadv.train",
+        description="Adversarial training (Madry et al.): min over weights of the loss at the "
+                    "worst point of the eps-ball found by PGD. Unset flags take the dataset's "
+                    "defaults (shown per dataset at the end).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="per-dataset defaults:\n" + "\n".join(
+            f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in d.items())
+            for name, d in DATASET_DEFAULTS.items()))
+    a = p.add_argument
+    a("--dataset", choices=DATASETS, default="digits",
+      help="digits (scikit-learn, offline), mnist, cifar10, or synthetic class-conditional images")
+    a("--data-dir", help="where the dataset files are (default: $FASTADV_DATA or ~/.cache/fastadv/data)")
+    a("--download", action="store_true", help="fetch missing dataset files (needs a network)")
+    a("--model", choices=MODELS, help="architecture (inputs in [0,1], normalised inside)")
+    a("--width", type=int, help="width multiplier of madry-cnn/small-cnn (capacity)")
+    a("--method", choices=METHODS, default="pgd",
+      help="pgd: Madry PGD-AT; fgsm-rs: Wong et al.'s FGSM with random start; free: Shafahi "
+           "et al.'s free AT (--free-replays); trades: Zhang et al. (--trades-beta); standard: "
+           "no attack")
+    a("--eps", type=number, help="l-inf radius in [0, 1] pixel units; fractions like 8/255 accepted")
+    a("--alpha", type=number, help="PGD step size (default: the dataset's; fgsm-rs: 1.25 eps; "
+                                   "free: eps)")
+    a("--steps", type=int, help="PGD steps during training")
+    a("--restarts", type=int, default=1, help="PGD random restarts during training (worst kept)")
+    a("--epochs", type=int, help="passes over the training set (free: each batch replayed "
+                                 "--free-replays times per pass)")
+    a("--batch-size", type=int, help="global batch size (split across ranks under torchrun)")
+    a("--optimizer", choices=OPTIMIZERS)
+    a("--lr", type=number, help="peak learning rate")
+    a("--momentum", type=number, default=0.9, help="SGD momentum")
+    a("--weight-decay", type=number)
+    a("--schedule", choices=SCHEDULES,
+      help="piecewise: x0.1 at 50%% and 75%% of training; cyclic: linear up to the peak at 40%%, "
+           "down to 0 (Wong et al.); cosine; constant")
+    a("--precision", choices=PRECISIONS, default="fp32",
+      help="bf16: the model under bf16 autocast (attack and training); inputs stay fp32")
+    a("--channels-last", action="store_true", help="model and inputs in channels_last")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--device", help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the "
+                       "local rank's GPU)")
+    a("--seed", type=int, default=0)
+    a("--out", help="run directory (default: runs/<dataset>-<method>)")
+    a("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    a("--eval-every", type=int, default=1, help="evaluate on the held-out split every N epochs")
+    a("--eval-steps", type=int, help="PGD steps of that evaluation (default: --steps)")
+    a("--eval-examples", type=int, help="examples of each split evaluated (train subset and "
+                                        "validation)")
+    a("--val-size", type=int, help="training examples held out for validation (early stopping)")
+    a("--save-every", type=int, default=0,
+      help="also write last.pt every N optimizer steps, mid-epoch (0: at epoch ends only)")
+    a("--free-replays", type=int, default=4, help="m of free AT: replays of each batch")
+    a("--trades-beta", type=number, default=6.0, help="beta of TRADES: weight of the KL term")
+    a("--attack-bn", choices=("eval", "train"), default="eval",
+      help="mode of the model while the training attack runs (train: batch statistics)")
+    a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks under torchrun")
+    a("--synthetic-train", type=int, default=50_000, help="synthetic: training images")
+    a("--synthetic-test", type=int, default=10_000, help="synthetic: test images")
+    a("--image-size", type=int, default=32, help="synthetic: image side")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def explicit_flags(args: argparse.Namespace, p: argparse.ArgumentParser) -> set[str]:
+    """The flags the user gave (those differing from the parser's defaults)."""
+    return {k for k, v in vars(args).items() if v != p.get_default(k)}
+
+
+def resolve(args: argparse.Namespace) -> TrainConfig:
+    """Fill unset flags from the dataset's defaults, then check every value."""
+    d = DATASET_DEFAULTS[args.dataset]
+    values = {k: v for k, v in vars(args).items() if v is not None}
+    for key, default in d.items():
+        values.setdefault(key, default)
+    if args.alpha is None:
+        if values["method"] == "fgsm-rs":
+            values["alpha"] = 1.25 * values["eps"]
+        elif values["method"] == "free":
+            values["alpha"] = values["eps"]
+        elif args.eps is not None:  # keep the dataset's alpha/eps ratio
+            values["alpha"] = d["alpha"] * args.eps / d["eps"]
+    values.setdefault("eval_steps", values["steps"])
+    values.setdefault("out", os.path.join("runs", f"{args.dataset}-{values['method']}"))
+    cfg = TrainConfig(**values)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: TrainConfig) -> None:
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ValueError(message)
+
+    need(0.0 <= cfg.eps <= 1.0, f"--eps must lie in [0, 1] (inputs are in [0, 1]), got {cfg.eps:g}")
+    need(0.0 < cfg.alpha <= 1.0 or cfg.eps == 0, f"--alpha must lie in (0, 1], got {cfg.alpha:g}")
+    for flag, value, low in (("--steps", cfg.steps, 1), ("--restarts", cfg.restarts, 1),
+                             ("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
+                             ("--eval-every", cfg.eval_every, 1), ("--eval-steps", cfg.eval_steps, 1),
+                             ("--eval-examples", cfg.eval_examples, 1),
+                             ("--val-size", cfg.val_size, 1), ("--save-every", cfg.save_every, 0),
+                             ("--free-replays", cfg.free_replays, 1),
+                             ("--synthetic-train", cfg.synthetic_train, 2),
+                             ("--synthetic-test", cfg.synthetic_test, 1),
+                             ("--image-size", cfg.image_size, 4)):
+        need(value >= low, f"{flag} must be >= {low}, got {value}")
+    need(cfg.width is None or cfg.width >= 1, f"--width must be >= 1, got {cfg.width}")
+    need(cfg.width is None or cfg.model in ("madry-cnn", "small-cnn"),
+         f"--width applies to madry-cnn and small-cnn, not {cfg.model}")
+    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr:g}")
+    need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay:g}")
+    need(0 <= cfg.momentum < 1, f"--momentum must lie in [0, 1), got {cfg.momentum:g}")
+    need(cfg.trades_beta >= 0, f"--trades-beta must be >= 0, got {cfg.trades_beta:g}")
+    if cfg.device is not None:
+        need(cfg.device.split(":")[0] in ("cpu", "cuda"),
+             f"--device must be cpu, cuda or cuda:N, got {cfg.device!r}")
+
+
+def check_out_dir(out: str, resume: bool) -> None:
+    """--out must be writable, and hold a run exactly when resuming; checked before anything
+    is written, so a bad --out leaves nothing behind."""
+    last = os.path.join(out, "last.pt")
+    if resume and not os.path.isfile(last):
+        raise ValueError(f"--resume: {last} does not exist (nothing to resume in --out {out})")
+    if not resume and os.path.exists(last):
+        raise ValueError(f"--out {out} already holds a run (last.pt); pass --resume to continue "
+                         "it or choose another --out")
+    probe = out
+    while not os.path.exists(probe):  # the nearest existing ancestor must let us create it
+        parent = os.path.dirname(os.path.abspath(probe))
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} is not writable ({probe} is not a writable directory)")

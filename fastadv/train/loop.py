@@ -1,0 +1,447 @@
+"""Adversarial training, top to bottom: data on the device, model, optimizer and schedule,
+resume, the epoch loop (attack, step, checkpoint), evaluation, and the final report.
+
+Everything random is either drawn from a generator seeded by (seed, epoch) (the batch order)
+or from the default generators whose states every checkpoint holds, so a run killed at any
+point and resumed from its last.pt ends with the same weights as one never interrupted (on
+the CPU; cuDNN's nondeterministic kernels make GPU runs only statistically equal).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import attacks
+from ..checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..data import load_dataset, random_crop_flip
+from ..models import build_model
+from . import distributed
+from .config import RESUMABLE, TrainConfig, check_out_dir
+from .methods import autocast, make_method
+from .schedule import scheduler
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Splits:
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    x_train_eval: Tensor  # a fixed training subset for train clean/robust accuracy
+    y_train_eval: Tensor
+
+
+def load_splits(cfg: TrainConfig, device: torch.device):
+    """The dataset on ``device``, its training set split by ``seed`` into train and a
+    held-out validation split (model selection never sees the test set)."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, seed=cfg.seed,
+                        synthetic_shape=(3, cfg.image_size, cfg.image_size),
+                        synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
+    n = len(data.y_train)
+    if cfg.val_size >= n:
+        raise ValueError(f"--val-size {cfg.val_size} leaves no training data ({n} examples)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    val, train = order[:cfg.val_size], order[cfg.val_size:]
+    if cfg.batch_size > len(train):
+        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(train)} training "
+                         "examples")
+    to = lambda t: t.to(device)  # noqa: E731
+    x_train, y_train = to(data.x_train[train]), to(data.y_train[train])
+    k = min(cfg.eval_examples, len(train))
+    splits = Splits(x_train, y_train, to(data.x_train[val]), to(data.y_train[val]),
+                    to(data.x_test), to(data.y_test), x_train[:k], y_train[:k])
+    return data, splits
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> Tensor:
+    """[steps, batch_size] example indices of an epoch (the incomplete last batch dropped):
+    the same on every rank and recomputable on resume."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    steps = n // batch_size
+    return perm[:steps * batch_size].view(steps, batch_size)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def clean_and_robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
+                              ctx: distributed.Context, precision: str, batch_size: int):
+    """(clean accuracy, PGD-k accuracy) at ε with α = 2.5ε/k (Madry et al.), one random start,
+    the model in eval mode; examples sharded across ranks, counts summed."""
+    x, y = x[ctx.rank::ctx.world_size], y[ctx.rank::ctx.world_size]
+    clean = robust = 0
+    alpha = 2.5 * cfg.eps / cfg.eval_steps
+    with attacks.attack_mode(model):
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            with torch.no_grad(), autocast(xb.device, precision):
+                clean += (model(xb).argmax(1) == yb).sum().item()
+            x_adv = attacks.pgd(model, xb, yb, eps=cfg.eps, alpha=alpha, steps=cfg.eval_steps,
+                                precision=precision)
+            with torch.no_grad(), autocast(xb.device, precision):
+                robust += (model(x_adv).argmax(1) == yb).sum().item()
+    clean, robust, count = distributed.all_sum(ctx, [clean, robust, len(y)])
+    return clean / max(count, 1), robust / max(count, 1)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Progress:
+    """Where the run is, and the running sums of the epoch in progress (per rank)."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # batches of the current epoch completed
+    global_step: int = 0  # batches completed overall
+    best_score: float = -math.inf
+    best_epoch: int | None = None
+    history: list = field(default_factory=list)
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0  # losses/predictions counted (free AT: every replay)
+    images: float = 0.0  # examples of the epoch trained on so far
+    seconds: float = 0.0  # training time of the epoch so far
+
+    def reset_epoch(self):
+        self.step_in_epoch, self.loss_sum, self.correct, self.seen = 0, 0.0, 0.0, 0.0
+        self.images, self.seconds = 0.0, 0.0
+
+
+def model_args(cfg: TrainConfig, data) -> dict:
+    c, h, _ = data.shape
+    return dict(name=cfg.model, num_classes=data.num_classes, in_channels=c, image_size=h,
+                mean=tuple(data.mean), std=tuple(data.std), width=cfg.width)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def save_checkpoint(path, ctx, cfg, args, raw, optimizer, sched, progress, method):
+    """Gathers every rank's RNG state, running sums and method state; rank 0 writes."""
+    per_rank = {"rng": rng_state(), "method": method.state(),
+                "sums": [progress.loss_sum, progress.correct, progress.seen, progress.images,
+                         progress.seconds]}
+    ranks = distributed.gather_to_main(ctx, per_rank)
+    if ctx.is_main:
+        state = {k: v for k, v in progress.__dict__.items()
+                 if k not in ("loss_sum", "correct", "seen", "images", "seconds")}
+        save_atomic({
+            "format": FORMAT, "config": cfg.to_dict(), "model_args": args,
+            "model": _plain_state_dict(raw), "optimizer": optimizer.state_dict(),
+            "scheduler": sched.state_dict(), "scaler": None,  # bf16 needs no loss scaling
+            "progress": state, "ranks": ranks, "world_size": ctx.world_size,
+            "torch": str(torch.__version__),
+        }, path)
+    distributed.barrier(ctx)
+
+
+def _plain_state_dict(model: nn.Module) -> dict:
+    """The weights under the names a freshly built model uses (no DDP/compile prefixes)."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(unwrap(model)).state_dict().items()}
+
+
+def check_resumable(saved: dict, cfg: TrainConfig) -> None:
+    changed = [k for k, v in cfg.to_dict().items()
+               if k not in RESUMABLE and saved.get(k) != v]
+    if changed:
+        diffs = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(cfg, k)!r}"
+                          for k in changed)
+        raise ValueError(f"--resume: the run in {cfg.out} was started with other settings "
+                         f"({diffs}); resume with the same flags, or start a new --out")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Runs (or resumes) the training described by ``cfg``; returns the final summary."""
+    check_out_dir(cfg.out, cfg.resume)
+    ctx = distributed.setup(cfg.device)
+    try:
+        summary = _train(cfg, ctx)
+    except BaseException:
+        distributed.teardown(ctx, clean=False)
+        raise
+    distributed.teardown(ctx, clean=True)
+    return summary
+
+
+def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
+    device = ctx.device
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over the "
+                         f"{ctx.world_size} ranks")
+    data, s = load_splits(cfg, device)  # fails cleanly (missing files) before --out exists
+
+    # ---- model, optimizer, schedule
+    torch.manual_seed(cfg.seed)
+    args = model_args(cfg, data)
+    raw = build_model(**args).to(device)
+    if cfg.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and ctx.distributed:
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(s.y_train) // cfg.batch_size
+    replays = cfg.free_replays if cfg.method == "free" else 1
+    sched = scheduler(optimizer, cfg.schedule, cfg.epochs * steps_per_epoch * replays)
+
+    model = raw
+    if ctx.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            raw, device_ids=[device.index] if device.type == "cuda" else None)
+    attack_model = raw
+    if cfg.compile:
+        model = torch.compile(model)
+        attack_model = model if not ctx.distributed else torch.compile(raw)
+    method = make_method(cfg, model, attack_model, device)
+
+    # ---- resume, or start the run directory
+    progress = Progress()
+    last, best = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
+    if cfg.resume:
+        ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
+        check_resumable(ckpt["config"], cfg)
+        unwrap(raw).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        progress = Progress(**ckpt["progress"])
+        if ckpt["world_size"] == ctx.world_size:
+            mine = ckpt["ranks"][ctx.rank]
+            set_rng_state(mine["rng"])
+            method.load_state(mine["method"])
+            (progress.loss_sum, progress.correct, progress.seen, progress.images,
+             progress.seconds) = mine["sums"]
+        else:
+            if progress.step_in_epoch:
+                raise ValueError(f"--resume: {last} was written mid-epoch by "
+                                 f"{ckpt['world_size']} ranks; resume it with as many")
+            torch.manual_seed(cfg.seed * 1_000_003 + progress.epoch * 1009 + ctx.rank)
+        if ctx.is_main:
+            _write_history(cfg.out, progress.history)
+            print(f"resuming {cfg.out} at epoch {progress.epoch + 1}, batch "
+                  f"{progress.step_in_epoch + 1} of {steps_per_epoch}")
+    else:
+        if ctx.is_main:
+            os.makedirs(cfg.out, exist_ok=True)
+            save_atomic_json({**cfg.to_dict(), "world_size": ctx.world_size,
+                              "model_args": args}, os.path.join(cfg.out, "config.json"))
+            _write_history(cfg.out, [])
+        torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank)  # per-rank attack/augment noise
+    distributed.barrier(ctx)
+    if ctx.is_main:
+        print(f"{cfg.method} training of {cfg.model} on {cfg.dataset} "
+              f"({len(s.y_train)} train / {len(s.y_val)} val / {len(s.y_test)} test), "
+              f"eps={cfg.eps:.4g}, alpha={cfg.alpha:.4g}, steps={cfg.steps}, device={device}, "
+              f"world size {ctx.world_size}")
+
+    # ---- epochs
+    checkpoint = lambda path: save_checkpoint(  # noqa: E731
+        path, ctx, cfg, args, raw, optimizer, sched, progress, method)
+    local_batch = cfg.batch_size // ctx.world_size
+    for epoch in range(progress.epoch, cfg.epochs):
+        order = batch_order(len(s.y_train), cfg.batch_size, cfg.seed, epoch)
+        bar = tqdm(total=steps_per_epoch, initial=progress.step_in_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not (ctx.is_main and cfg.progress), dynamic_ncols=True)
+        raw.train()
+        _sync(device)
+        started = time.perf_counter()
+        for i in range(progress.step_in_epoch, steps_per_epoch):
+            idx = order[i, ctx.rank * local_batch:(ctx.rank + 1) * local_batch].to(device)
+            x, y = s.x_train[idx], s.y_train[idx]
+            if data.augment:
+                x = random_crop_flip(x)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for loss, logits in method.losses(x, y):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sched.step()
+                with torch.no_grad():
+                    # sums stay on the device (no sync per step), in fp64 over a long epoch
+                    progress.loss_sum += loss.detach().double() * len(y)
+                    progress.correct += (logits.argmax(1) == y).sum()
+                    progress.seen += len(y)
+            progress.images += len(y)
+            progress.step_in_epoch, progress.global_step = i + 1, progress.global_step + 1
+            if bar.n % 10 == 0 or i + 1 == steps_per_epoch:
+                elapsed = progress.seconds + time.perf_counter() - started
+                bar.set_postfix(loss=f"{float(progress.loss_sum) / progress.seen:.3f}",
+                                acc=f"{float(progress.correct) / progress.seen:.1%}",
+                                img_s=f"{progress.images * ctx.world_size / elapsed:.0f}")
+            bar.update()
+            if cfg.save_every and progress.global_step % cfg.save_every == 0 \
+                    and i + 1 < steps_per_epoch:
+                _sync(device)
+                progress.seconds += time.perf_counter() - started
+                _to_floats(progress)
+                checkpoint(last)
+                started = time.perf_counter()
+        _sync(device)
+        progress.seconds += time.perf_counter() - started
+        bar.close()
+        _to_floats(progress)
+        loss_sum, correct, seen, images = distributed.all_sum(
+            ctx, [progress.loss_sum, progress.correct, progress.seen, progress.images])
+        seconds = max(distributed.all_sum(ctx, [progress.seconds])[0] / ctx.world_size, 1e-9)
+        record = {"epoch": epoch + 1, "step": progress.global_step,
+                  "lr": optimizer.param_groups[0]["lr"], "loss": loss_sum / seen,
+                  "batch_acc": correct / seen, "images_per_s": images / seconds,
+                  "seconds": seconds}
+
+        # ---- evaluation, model selection (Rice et al.: best robust validation accuracy)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            t0 = time.perf_counter()
+            eval_model = attack_model
+            ev = lambda x, y: clean_and_robust_accuracy(  # noqa: E731
+                eval_model, x, y, cfg, ctx, cfg.precision, 4 * local_batch)
+            record["train_clean_acc"], record["train_robust_acc"] = ev(s.x_train_eval,
+                                                                       s.y_train_eval)
+            record["val_clean_acc"], record["val_robust_acc"] = ev(s.x_val, s.y_val)
+            record["eval_seconds"] = time.perf_counter() - t0
+            score = record["val_clean_acc" if cfg.method == "standard" else "val_robust_acc"]
+            if score > progress.best_score:
+                progress.best_score, progress.best_epoch = score, epoch + 1
+                record["best"] = True
+        progress.history.append(record)
+        progress.epoch = epoch + 1
+        progress.reset_epoch()
+        if record.get("best"):
+            checkpoint(best)
+        checkpoint(last)
+        if ctx.is_main:
+            _append_history(cfg.out, record)
+            if not cfg.progress:
+                print(_epoch_line(record, cfg.epochs))
+            else:
+                tqdm.write(_epoch_line(record, cfg.epochs))
+    _check_ranks_agree(ctx, raw)
+
+    # ---- final report on the test set
+    return final_report(cfg, ctx, s, args, progress.history, local_batch)
+
+
+def _to_floats(progress: Progress) -> None:
+    for name in ("loss_sum", "correct"):
+        value = getattr(progress, name)
+        if isinstance(value, Tensor):
+            setattr(progress, name, float(value))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_ranks_agree(ctx: distributed.Context, raw: nn.Module) -> None:
+    """DDP keeps every rank's weights identical; a cheap check that it did."""
+    if not ctx.distributed:
+        return
+    total = sum(p.detach().double().sum().item() for p in raw.parameters())
+    sums = distributed.gather_to_main(ctx, total)
+    if ctx.is_main and len(set(sums)) != 1:
+        raise RuntimeError(f"ranks ended with different weights (parameter sums {sums})")
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    line = (f"epoch {r['epoch']:>3}/{epochs}  loss {r['loss']:.4f}  batch acc "
+            f"{r['batch_acc']:6.1%}  {r['images_per_s']:8.0f} img/s  {r['seconds']:6.1f} s")
+    if "val_robust_acc" in r:
+        line += (f"  | train clean {r['train_clean_acc']:6.1%} robust {r['train_robust_acc']:6.1%}"
+                 f"  val clean {r['val_clean_acc']:6.1%} robust {r['val_robust_acc']:6.1%}"
+                 + ("  *best" if r.get("best") else ""))
+    return line
+
+
+def final_report(cfg, ctx, s: Splits, args, history, local_batch) -> dict:
+    """Test-set clean and PGD accuracy of best.pt and last.pt (fp32), as results.json and a
+    table."""
+    rows = []
+    for name in ("best", "last"):
+        path = os.path.join(cfg.out, f"{name}.pt")
+        if not os.path.exists(path):
+            continue
+        ckpt = load_checkpoint(path)
+        model = build_model(**args).to(ctx.device)
+        model.load_state_dict(ckpt["model"])
+        clean, robust = clean_and_robust_accuracy(model.eval(), s.x_test, s.y_test, cfg, ctx,
+                                                  "fp32", 4 * local_batch)
+        rows.append({"checkpoint": name, "epoch": ckpt["progress"]["epoch"], "test_clean_acc": clean,
+                     "test_robust_acc": robust})
+    summary = {
+        "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "eps": cfg.eps,
+        "attack": f"PGD-{cfg.eval_steps}, alpha=2.5*eps/{cfg.eval_steps}, 1 random start",
+        "test_examples": len(s.y_test), "epochs": cfg.epochs,
+        "train_seconds": sum(r["seconds"] for r in history),
+        "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in history),
+        "checkpoints": rows,
+    }
+    if ctx.is_main:
+        save_atomic_json(summary, os.path.join(cfg.out, "results.json"))
+        print(summary_table(summary))
+    return summary
+
+
+def summary_table(summary: dict) -> str:
+    lines = [f"\n{summary['method']} training of {summary['model']} on {summary['dataset']}, "
+             f"eps={summary['eps']:.4g}: {summary['epochs']} epochs, "
+             f"{summary['train_seconds']:.1f} s training + {summary['eval_seconds']:.1f} s "
+             f"evaluation",
+             f"test set ({summary['test_examples']} images), {summary['attack']}:",
+             "| checkpoint | epoch | clean accuracy | robust accuracy |",
+             "|---|---:|---:|---:|"]
+    for r in summary["checkpoints"]:
+        lines.append(f"| {r['checkpoint']} | {r['epoch']} | {r['test_clean_acc']:.1%} "
+                     f"| {r['test_robust_acc']:.1%} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def save_atomic_json(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_history(out: str, history: list) -> None:
+    """metrics.jsonl rewritten from a checkpoint's history: lines a killed run appended
+    after its last checkpoint are dropped, so no epoch appears twice."""
+    tmp = os.path.join(out, "metrics.jsonl.tmp")
+    with open(tmp, "w") as f:
+        for record in history:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(out, "metrics.jsonl"))
+
+
+def _append_history(out: str, record: dict) -> None:
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,144 @@
+"""The training methods: what each minimises per batch. Each yields ``(loss, logits)`` once
+per optimizer step it wants (free AT: ``m`` times); the loop does backward and the step in
+between, so a method can read gradients the backward left (free AT's input gradient).
+
+- ``pgd``: Madry et al., CE at the PGD-k point (restarts: the worst kept);
+- ``fgsm-rs``: Wong et al., CE at one α-step from a uniform random start;
+- ``free``: Shafahi et al., m replays of each batch, each one backward for the weights and
+  the perturbation, the perturbation carried over to the next batch;
+- ``trades``: Zhang et al., CE(f(x), y) + β·KL(f(x) ‖ f(x')), x' maximising the KL by PGD;
+- ``standard``: CE on clean inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import attacks, ops
+from .config import TrainConfig
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Method:
+    """``model`` is what training runs (DDP-wrapped and/or compiled); ``attack_model`` the
+    same weights unwrapped, for attacks (no gradient all-reduce, frozen parameters)."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, attack_model: nn.Module,
+                 device: torch.device):
+        self.cfg, self.model, self.attack_model, self.device = cfg, model, attack_model, device
+
+    def logits(self, x: Tensor) -> Tensor:
+        with autocast(self.device, self.cfg.precision):
+            return self.model(x).float()
+
+    def losses(self, x: Tensor, y: Tensor):
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        """What a checkpoint must hold to continue this method exactly (per rank)."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+
+class Standard(Method):
+    def losses(self, x, y):
+        logits = self.logits(x)
+        yield F.cross_entropy(logits, y), logits
+
+
+class PGDTraining(Method):
+    def adversarial(self, x, y):
+        c = self.cfg
+        return attacks.pgd(self.attack_model, x, y, eps=c.eps, alpha=c.alpha, steps=c.steps,
+                           restarts=c.restarts, precision=c.precision,
+                           eval_mode=c.attack_bn == "eval")
+
+    def losses(self, x, y):
+        logits = self.logits(self.adversarial(x, y))
+        yield F.cross_entropy(logits, y), logits
+
+
+class FGSMRS(PGDTraining):
+    def adversarial(self, x, y):
+        c = self.cfg
+        return attacks.fgsm_rs(self.attack_model, x, y, eps=c.eps, alpha=c.alpha,
+                               precision=c.precision, eval_mode=c.attack_bn == "eval")
+
+
+class Free(Method):
+    """The perturbation δ lives across batches (zeros at the start); each replay takes one
+    signed step of α on it from the input gradient the weight update's backward computed."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.delta: Tensor | None = None
+
+    def losses(self, x, y):
+        c = self.cfg
+        if self.delta is None or self.delta.shape != x.shape:
+            self.delta = torch.zeros_like(x)
+        for _ in range(c.free_replays):
+            x_adv = (x + self.delta).clamp_(0.0, 1.0).requires_grad_(True)
+            logits = self.logits(x_adv)
+            yield F.cross_entropy(logits, y), logits
+            x_adv = x_adv.detach()
+            ops.pgd_(x_adv, x_adv.grad if x_adv.grad is not None else torch.zeros_like(x_adv),
+                     x, eps=c.eps, alpha=c.alpha)
+            self.delta = x_adv - x
+
+    def state(self):
+        return {"delta": None if self.delta is None else self.delta.cpu()}
+
+    def load_state(self, state):
+        delta = state.get("delta")
+        self.delta = None if delta is None else delta.to(self.device)
+
+
+class TRADES(Method):
+    """The inner maximisation of TRADES in a plain loop on the fused op: PGD on
+    KL(f(x) ‖ f(x')) from x + 0.001·N(0, 1), the model in attack mode (eval BN by default,
+    parameters frozen, so only the input gradient is computed)."""
+
+    def adversarial(self, x: Tensor) -> Tensor:
+        c = self.cfg
+        with attacks.attack_mode(self.attack_model, eval_mode=c.attack_bn == "eval"):
+            with torch.no_grad(), autocast(self.device, c.precision):
+                p_nat = F.softmax(self.attack_model(x).float(), dim=1)
+            x_adv = x + 0.001 * torch.randn_like(x)
+            ops.pgd_(x_adv, torch.zeros_like(x_adv), x, eps=c.eps, alpha=0.0)  # into the ball
+            for _ in range(c.steps):
+                x_adv.requires_grad_(True)
+                with torch.enable_grad(), autocast(self.device, c.precision):
+                    log_p_adv = F.log_softmax(self.attack_model(x_adv).float(), dim=1)
+                    kl = F.kl_div(log_p_adv, p_nat, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+                x_adv = x_adv.detach()
+                ops.pgd_(x_adv, grad, x, eps=c.eps, alpha=c.alpha)
+        return x_adv
+
+    def losses(self, x, y):
+        x_adv = self.adversarial(x)
+        logits_nat = self.logits(x)
+        logits_adv = self.logits(x_adv)
+        kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1),
+                      reduction="batchmean")
+        yield F.cross_entropy(logits_nat, y) + self.cfg.trades_beta * kl, logits_adv
+
+
+METHOD_CLASSES = {"pgd": PGDTraining, "fgsm-rs": FGSMRS, "free": Free, "trades": TRADES,
+                  "standard": Standard}
+
+
+def make_method(cfg: TrainConfig, model, attack_model, device) -> Method:
+    return METHOD_CLASSES[cfg.method](cfg, model, attack_model, device)

@@ -1,0 +1,288 @@
+"""python -m fastadv.train end to end on real (digits) and synthetic data: every method, the
+run directory, checkpoints, resume after SIGKILL, two-process DDP, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import fastadv
+from fastadv.checkpoint import load_checkpoint, save_atomic
+from fastadv.data import load_dataset
+from fastadv.train.cli import main
+from fastadv.train.config import number
+from fastadv.train.schedule import lr_factor
+
+FAST = ["--dataset", "digits", "--epochs", "2", "--steps", "3", "--eval-steps", "3",
+        "--eval-examples", "64", "--no-progress"]
+
+
+def run_cli(*args, **kwargs):
+    env = {**os.environ, **kwargs.pop("env", {})}
+    env.pop("FASTADV_BACKEND", None)
+    return subprocess.run([sys.executable, "-m", "fastadv.train", *args], capture_output=True,
+                          text=True, env=env, timeout=600, **kwargs)
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- every method
+
+
+@pytest.mark.parametrize("method", ["pgd", "fgsm-rs", "free", "trades", "standard"])
+def test_every_method_trains_on_digits(tmp_path, method):
+    out = str(tmp_path / method)
+    assert main([*FAST, "--method", method, "--out", out, "--free-replays", "2"]) == 0
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert r["loss"] > 0 and r["images_per_s"] > 0 and r["seconds"] > 0
+        for key in ("train_clean_acc", "train_robust_acc", "val_clean_acc", "val_robust_acc"):
+            assert 0.0 <= r[key] <= 1.0
+        assert r["val_robust_acc"] <= r["val_clean_acc"] + 1 / 144 * 8  # attack hurts
+    assert records[-1]["val_clean_acc"] > 0.3  # learning, far above chance (10 %)
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["method"] == method and config["eps"] == pytest.approx(0.2)
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert {r["checkpoint"] for r in results["checkpoints"]} == {"best", "last"}
+
+    # load_model gives back the trained model: its test accuracy is the one reported.
+    model = fastadv.load_model(os.path.join(out, "last.pt"))
+    assert not model.training
+    data = load_dataset("digits", seed=0)
+    with torch.no_grad():
+        acc = (model(data.x_test).argmax(1) == data.y_test).sum().item() / len(data.y_test)
+    last = next(r for r in results["checkpoints"] if r["checkpoint"] == "last")
+    assert acc == pytest.approx(last["test_clean_acc"], abs=1e-9)
+
+
+def test_pgd_training_is_robust_and_standard_is_not(tmp_path):
+    """The paper's claim at toy size: same data, model and eps, only the training differs."""
+    robust = {}
+    for method in ("standard", "pgd"):
+        out = str(tmp_path / method)
+        assert main(["--dataset", "digits", "--epochs", "8", "--eval-examples", "200",
+                     "--no-progress", "--method", method, "--out", out]) == 0
+        results = json.load(open(os.path.join(out, "results.json")))
+        robust[method] = results["checkpoints"][-1]["test_robust_acc"]
+    assert robust["standard"] < 0.15 and robust["pgd"] > robust["standard"] + 0.3, robust
+
+
+def test_synthetic_resnet_bf16_channels_last(tmp_path):
+    """CIFAR's path (augmentation on the device, BatchNorm) with bf16 and channels_last."""
+    out = str(tmp_path / "syn")
+    assert main(["--dataset", "synthetic", "--synthetic-train", "96", "--synthetic-test", "16",
+                 "--image-size", "32", "--val-size", "16", "--model", "preact-resnet18",
+                 "--batch-size", "40", "--epochs", "1", "--steps", "1", "--eval-steps", "1",
+                 "--eval-examples", "16", "--precision", "bf16", "--channels-last",
+                 "--no-progress", "--out", out]) == 0
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
+    assert ckpt["config"]["precision"] == "bf16" and ckpt["progress"]["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    model = fastadv.load_model(os.path.join(out, "best.pt"))
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_compile(tmp_path):
+    out = str(tmp_path / "compiled")
+    assert main([*FAST, "--epochs", "1", "--compile", "--out", out]) == 0
+    assert read_metrics(out)[0]["val_clean_acc"] > 0.1
+
+
+# --------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("method", ["pgd", "free"])
+def test_resume_after_sigkill_gives_the_same_weights(tmp_path, method):
+    # 80 batches an epoch, a checkpoint every 7 (mid-epoch ones included).
+    args = ["--dataset", "digits", "--epochs", "3", "--batch-size", "16", "--steps", "5",
+            "--eval-steps", "3", "--eval-examples", "64", "--save-every", "7", "--no-progress",
+            "--method", method, "--free-replays", "2"]
+    whole = str(tmp_path / "whole")
+    assert run_cli(*args, "--out", whole).returncode == 0
+
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen([sys.executable, "-m", "fastadv.train", *args, "--out", killed],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = os.path.join(killed, "last.pt")
+    deadline, done = time.time() + 300, 0
+    while done < 100 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+        if os.path.exists(last):
+            done = load_checkpoint(last)["progress"]["global_step"]
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the kill should land mid-run"
+    done = load_checkpoint(last)["progress"]["global_step"]
+    assert 0 < done < 3 * 80
+
+    resumed = run_cli(*args, "--out", killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert same_weights(weights(os.path.join(whole, "last.pt")), weights(last))
+    assert [r["epoch"] for r in read_metrics(killed)] == [1, 2, 3]
+    assert [r["loss"] for r in read_metrics(killed)] == pytest.approx(
+        [r["loss"] for r in read_metrics(whole)], rel=1e-9)
+
+
+def test_resume_finished_run_and_changed_settings(tmp_path):
+    out = str(tmp_path / "run")
+    assert main([*FAST, "--epochs", "1", "--out", out]) == 0
+    before = weights(os.path.join(out, "last.pt"))
+    assert main(["--resume", "--out", out, "--no-progress"]) == 0  # nothing left: report only
+    assert same_weights(before, weights(os.path.join(out, "last.pt")))
+    assert len(read_metrics(out)) == 1
+
+    bad = run_cli("--resume", "--out", out, "--eps", "0.1")
+    assert bad.returncode != 0 and "--eps" in bad.stderr and "other settings" in bad.stderr
+    assert same_weights(before, weights(os.path.join(out, "last.pt")))
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    out = str(tmp_path / "ddp")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "fastadv.train", *FAST, "--method", "trades", "--out", out],
+        capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "FASTADV_BACKEND"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stdout
+    assert json.load(open(os.path.join(out, "config.json")))["world_size"] == 2
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["val_clean_acc"] > 0.3
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
+    assert len(ckpt["ranks"]) == 2  # both ranks' RNG states, for an exact resume
+    # 1293 training images in batches of 64 (32 per rank): 20 steps an epoch.
+    assert ckpt["progress"]["global_step"] == 40
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_and_atomic_write(tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    assert main([*FAST, "--epochs", "1", "--out", out]) == 0
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
+    for key in ("model", "optimizer", "scheduler", "scaler", "progress", "ranks", "config",
+                "model_args"):
+        assert key in ckpt
+    assert set(ckpt["ranks"][0]["rng"]) == {"python", "torch", "cuda"}
+    model = fastadv.load_model(os.path.join(out, "last.pt"))
+    assert same_weights(ckpt["model"], {k: v for k, v in model.state_dict().items()})
+
+    # A save that dies half-way leaves the previous file untouched and no temp file.
+    path = str(tmp_path / "x.pt")
+    save_atomic({"a": 1}, path)
+
+    def dying_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"a": 1}
+    assert os.listdir(tmp_path).count("x.pt") == 1 and not any(
+        n.endswith(".tmp") for n in os.listdir(tmp_path))
+
+
+def test_load_model_rejects_foreign_and_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fastadv.load_model(str(tmp_path / "nope.pt"))
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a fastadv checkpoint"):
+        fastadv.load_model(str(tmp_path / "other.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="not a fastadv checkpoint"):
+        fastadv.load_model(str(tmp_path / "junk.pt"))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--eps", "1.5"], "--eps must lie in [0, 1]"),
+    (["--eps=-8/255"], "--eps must lie in [0, 1]"),
+    (["--eps", "eight"], "expected a number"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--width", "2", "--model", "preact-resnet18"], "--width applies to"),
+])
+def test_bad_flags_exit_nonzero_with_a_clear_message(tmp_path, args, message):
+    out = tmp_path / "run"
+    result = run_cli(*args, "--out", str(out))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not out.exists()
+
+
+def test_unwritable_out_and_missing_data_write_nothing(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("--out", str(blocker / "run"), "--epochs", "1")
+    assert result.returncode == 2 and "not writable" in result.stderr
+
+    out = tmp_path / "cifar-run"
+    result = run_cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "empty"), "--out",
+                     str(out))
+    assert result.returncode == 2
+    assert "--download" in result.stderr and "cifar-10" in result.stderr
+    assert not out.exists()
+
+    result = run_cli("--resume", "--out", str(tmp_path / "never"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    out = str(tmp_path / "run")
+    assert main([*FAST, "--epochs", "1", "--out", out]) == 0
+    before = weights(os.path.join(out, "last.pt"))
+    result = run_cli(*FAST, "--out", out)
+    assert result.returncode == 2 and "--resume" in result.stderr
+    assert same_weights(before, weights(os.path.join(out, "last.pt")))
+
+
+def test_help_documents_every_flag():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in ("--dataset", "--data-dir", "--download", "--model", "--method", "--eps",
+                 "--alpha", "--steps", "--restarts", "--epochs", "--batch-size", "--lr",
+                 "--schedule", "--precision", "--channels-last", "--compile", "--device",
+                 "--seed", "--out", "--resume", "--eval-every", "--eval-steps"):
+        assert flag in result.stdout
+    assert "cifar10: model=preact-resnet18" in result.stdout
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_number_accepts_fractions():
+    assert number("8/255") == pytest.approx(8 / 255) and number("0.3") == 0.3
+
+
+def test_schedules():
+    assert [lr_factor("piecewise", t) for t in (0.0, 0.49, 0.5, 0.8)] == [1, 1, 0.1, 0.01]
+    assert lr_factor("cyclic", 0.0) == 0 and lr_factor("cyclic", 0.4) == 1
+    assert lr_factor("cyclic", 1.0) == 0 and lr_factor("cyclic", 0.7) == pytest.approx(0.5)
+    assert lr_factor("cosine", 0.0) == 1 and lr_factor("cosine", 1.0) == pytest.approx(0)
+    assert lr_factor("constant", 0.7) == 1
