@@ -18,8 +18,8 @@ from fastadv.train.cli import main
 from fastadv.train.config import number
 from fastadv.train.schedule import lr_factor
 
-FAST = ["--dataset", "digits", "--epochs", "2", "--steps", "3", "--eval-steps", "3",
-        "--eval-examples", "64", "--no-progress"]
+FAST = ["--dataset", "digits", "--width", "1", "--epochs", "2", "--steps", "3",
+        "--eval-steps", "3", "--eval-examples", "64", "--no-progress"]
 
 
 def run_cli(*args, **kwargs):
@@ -111,7 +111,8 @@ def test_compile(tmp_path):
 @pytest.mark.parametrize("method", ["pgd", "free"])
 def test_resume_after_sigkill_gives_the_same_weights(tmp_path, method):
     # 80 batches an epoch, a checkpoint every 7 (mid-epoch ones included).
-    args = ["--dataset", "digits", "--epochs", "3", "--batch-size", "16", "--steps", "5",
+    args = ["--dataset", "digits", "--width", "1", "--epochs", "3", "--batch-size", "16",
+            "--steps", "5",
             "--eval-steps", "3", "--eval-examples", "64", "--save-every", "7", "--no-progress",
             "--method", method, "--free-replays", "2"]
     whole = str(tmp_path / "whole")

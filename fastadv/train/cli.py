@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..checkpoint import load_checkpoint
-from ..data import DatasetNotFoundError
+from ..data import DatasetNotFoundError, DownloadError
 from .config import TrainConfig, check, explicit_flags, parser, resolve
 from .loop import train
 
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     cfg = config_from_args(argv)
     try:
         train(cfg)
-    except (ValueError, DatasetNotFoundError) as exc:
+    except (ValueError, DatasetNotFoundError, DownloadError) as exc:
         print(f"python -m fastadv.train: error: {exc}", file=sys.stderr)
         return 2
     return 0

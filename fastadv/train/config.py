@@ -16,6 +16,7 @@ METHODS = ("pgd", "fgsm-rs", "free", "trades", "standard")
 SCHEDULES = ("piecewise", "cyclic", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
+SCALABLE = ("madry-cnn", "small-cnn")  # the models --width applies to
 
 # The papers' settings per dataset (CIFAR-10: Madry et al./Rice et al.; MNIST: Madry et al.);
 # digits is sized to train in a couple of minutes on a laptop CPU.
@@ -26,9 +27,10 @@ DATASET_DEFAULTS = {
     "mnist": dict(model="madry-cnn", eps=0.3, alpha=0.01, steps=40, epochs=80, batch_size=50,
                   optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant",
                   val_size=1000, eval_examples=1000),
-    "digits": dict(model="small-cnn", eps=0.2, alpha=0.05, steps=10, epochs=40, batch_size=64,
+    "digits": dict(model="small-cnn", width=4, eps=0.2, alpha=0.05, steps=10, epochs=40,
+                   batch_size=64,
                    optimizer="adam", lr=3e-3, weight_decay=0.0, schedule="cosine",
-                   val_size=144, eval_examples=1000),
+                   val_size=144, eval_examples=360),
     "synthetic": dict(model="preact-resnet18", eps=8 / 255, alpha=2 / 255, steps=10, epochs=10,
                       batch_size=512, optimizer="sgd", lr=0.1, weight_decay=5e-4,
                       schedule="cyclic", val_size=1000, eval_examples=1000),
@@ -60,6 +62,7 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    cuda_graph: bool = False
     device: str | None = None
     seed: int = 0
     out: str = "runs/digits-pgd"
@@ -131,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
       help="bf16: the model under bf16 autocast (attack and training); inputs stay fp32")
     a("--channels-last", action="store_true", help="model and inputs in channels_last")
     a("--compile", action="store_true", help="torch.compile the model")
+    a("--cuda-graph", action="store_true",
+      help="pgd/fgsm-rs on CUDA: replay the whole K-step training attack from a CUDA graph "
+           "(needs --attack-bn eval)")
     a("--device", help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the "
                        "local rank's GPU)")
     a("--seed", type=int, default=0)
@@ -166,6 +172,8 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if v is not None}
     for key, default in d.items():
         values.setdefault(key, default)
+    if args.width is None and values["model"] != d["model"]:
+        values["width"] = None  # the dataset's width is for its default model
     if args.alpha is None:
         if values["method"] == "fgsm-rs":
             values["alpha"] = 1.25 * values["eps"]
@@ -198,12 +206,16 @@ def check(cfg: TrainConfig) -> None:
                              ("--image-size", cfg.image_size, 4)):
         need(value >= low, f"{flag} must be >= {low}, got {value}")
     need(cfg.width is None or cfg.width >= 1, f"--width must be >= 1, got {cfg.width}")
-    need(cfg.width is None or cfg.model in ("madry-cnn", "small-cnn"),
+    need(cfg.width is None or cfg.model in SCALABLE,
          f"--width applies to madry-cnn and small-cnn, not {cfg.model}")
     need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr:g}")
     need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay:g}")
     need(0 <= cfg.momentum < 1, f"--momentum must lie in [0, 1), got {cfg.momentum:g}")
     need(cfg.trades_beta >= 0, f"--trades-beta must be >= 0, got {cfg.trades_beta:g}")
+    need(not cfg.cuda_graph or (cfg.method in ("pgd", "fgsm-rs") and cfg.attack_bn == "eval"),
+         "--cuda-graph applies to --method pgd or fgsm-rs with --attack-bn eval")
+    need(not cfg.cuda_graph or cfg.device is None or cfg.device.startswith("cuda"),
+         "--cuda-graph needs a CUDA --device")
     if cfg.device is not None:
         need(cfg.device.split(":")[0] in ("cpu", "cuda"),
              f"--device must be cpu, cuda or cuda:N, got {cfg.device!r}")

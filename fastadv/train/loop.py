@@ -182,6 +182,8 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     device = ctx.device
+    if cfg.cuda_graph and device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device, got {device}")
     if cfg.batch_size % ctx.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over the "
                          f"{ctx.world_size} ranks")
@@ -284,7 +286,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
                     progress.seen += len(y)
             progress.images += len(y)
             progress.step_in_epoch, progress.global_step = i + 1, progress.global_step + 1
-            if bar.n % 10 == 0 or i + 1 == steps_per_epoch:
+            if not bar.disable and (bar.n % 10 == 0 or i + 1 == steps_per_epoch):  # syncs
                 elapsed = progress.seconds + time.perf_counter() - started
                 bar.set_postfix(loss=f"{float(progress.loss_sum) / progress.seen:.3f}",
                                 acc=f"{float(progress.correct) / progress.seen:.1%}",

@@ -62,7 +62,7 @@ class PGDTraining(Method):
         c = self.cfg
         return attacks.pgd(self.attack_model, x, y, eps=c.eps, alpha=c.alpha, steps=c.steps,
                            restarts=c.restarts, precision=c.precision,
-                           eval_mode=c.attack_bn == "eval")
+                           eval_mode=c.attack_bn == "eval", cuda_graph=c.cuda_graph)
 
     def losses(self, x, y):
         logits = self.logits(self.adversarial(x, y))
@@ -73,7 +73,8 @@ class FGSMRS(PGDTraining):
     def adversarial(self, x, y):
         c = self.cfg
         return attacks.fgsm_rs(self.attack_model, x, y, eps=c.eps, alpha=c.alpha,
-                               precision=c.precision, eval_mode=c.attack_bn == "eval")
+                               precision=c.precision, eval_mode=c.attack_bn == "eval",
+                               cuda_graph=c.cuda_graph)
 
 
 class Free(Method):
