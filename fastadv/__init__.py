@@ -2,7 +2,8 @@
 
 Attacks: ``pgd``, ``fgsm``, ``fgsm_rs``, ``PGD`` (torchattacks-style), ``GraphedPGD``.
 Training: ``python -m fastadv.train`` (``fastadv.train.train``); ``load_model`` reads its
-checkpoints back.
+checkpoints back. Evaluation: ``python -m fastadv.eval`` and ``evaluate`` (worst case over
+PGD, FGSM, AutoAttack and Square, with a gradient-masking sanity report).
 The fused PGD ops (``pgd_``, ``pgd_step``, ``random_init_``, ``keep_best_``) run on Triton,
 CUDA C++ or CPU C++ kernels where available and on a PyTorch reference otherwise;
 ``python -m fastadv.info`` tells which.
@@ -11,11 +12,12 @@ CUDA C++ or CPU C++ kernels where available and on a PyTorch reference otherwise
 from . import backends
 from .attacks import PGD, AttackInfo, GraphedPGD, fgsm, fgsm_rs, pgd
 from .checkpoint import load_model
+from .eval import evaluate
 from .ops import keep_best_, pgd_, pgd_step, random_init_
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PGD", "AttackInfo", "GraphedPGD", "backends", "fgsm", "fgsm_rs", "keep_best_", "load_model", "pgd",
-    "pgd_", "pgd_step", "random_init_",
+    "PGD", "AttackInfo", "GraphedPGD", "backends", "evaluate", "fgsm", "fgsm_rs", "keep_best_",
+    "load_model", "pgd", "pgd_", "pgd_step", "random_init_",
 ]

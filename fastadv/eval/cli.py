@@ -1,0 +1,211 @@
+"""``python -m fastadv.eval``: evaluate a ``python -m fastadv.train`` checkpoint on its
+dataset's test split. Unset flags come from the checkpoint (dataset, ε, seed). Bad input
+exits non-zero with one clear line naming the flag, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import torch
+
+from ..checkpoint import load_checkpoint, load_model
+from ..data import DATASETS, DatasetNotFoundError, load_dataset
+from ..train.config import number
+from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, MissingDependency,
+                      check_attacks, torchattacks)
+from .curve import plot
+from .evaluation import DEFAULT_ATTACKS, evaluate
+from .report import fmt_eps
+
+PROG = "python -m fastadv.eval"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Robust accuracy of a fastadv checkpoint on its dataset's test split: the "
+                    "per-example worst case over the attacks, a sanity report that flags "
+                    "evaluations too weak to trust (gradient masking), and accuracy vs eps.",
+        epilog="exit status: 0 done, 2 bad input, 3 with --strict when a sanity check warns; "
+               "1 when an attack returns points outside the eps-ball")
+    a = p.add_argument
+    a("--checkpoint", required=True, help="a checkpoint written by python -m fastadv.train "
+                                          "(RUN/best.pt or RUN/last.pt)")
+    a("--dataset", choices=DATASETS, help="default: the one the checkpoint was trained on")
+    a("--data-dir", help="where the dataset files are (default: the training run's, else "
+                         "$FASTADV_DATA or ~/.cache/fastadv/data)")
+    a("--download", action="store_true", help="fetch missing dataset files (needs a network)")
+    a("--eps", type=number, help="l-inf radius in [0, 1] pixel units, fractions like 8/255 "
+                                 "accepted (default: the training eps)")
+    a("--attacks", default=",".join(DEFAULT_ATTACKS),
+      help=f"comma-separated, from {', '.join(ATTACKS)} (default: %(default)s); "
+           f"{' and '.join(EXTERNAL)} need pip install \"fastadv[eval]\"")
+    a("--steps", type=int, default=50, help="PGD steps (default: %(default)s)")
+    a("--restarts", type=int, default=10,
+      help="PGD random restarts; each next one only on the examples not yet fooled "
+           "(default: %(default)s)")
+    a("--alpha", type=number, help="PGD step size (default: 2.5 eps / steps)")
+    a("--loss", choices=("ce", "cw", "dlr"), default="ce",
+      help="PGD's objective: cross-entropy, CW margin or DLR (default: %(default)s)")
+    a("--square-queries", type=int, default=5000,
+      help="Square attack queries per example (default: %(default)s)")
+    a("--n-examples", type=int, help="evaluate the first N test examples (default: all)")
+    a("--batch-size", type=int, default=256,
+      help="examples per batch; a batch is the unit --resume picks up from (default: %(default)s)")
+    a("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    a("--seed", type=int, help="seed of all attack randomness (default: the training seed)")
+    a("--precision", choices=("fp32", "bf16"), default="fp32",
+      help="bf16: the model under bf16 autocast, inputs stay fp32 (default: %(default)s)")
+    a("--json", metavar="OUT.json",
+      help="write the report there (atomically); completed batches go to OUT.json.partial "
+           "meanwhile, so --resume can continue after a kill")
+    a("--plot", metavar="OUT.png", help="plot accuracy vs eps there (needs matplotlib)")
+    a("--resume", action="store_true",
+      help="continue the evaluation kept in OUT.json.partial (same flags required; starts "
+           "afresh when there is none)")
+    a("--no-sanity", dest="sanity", action="store_false",
+      help="skip the extra sanity runs (PGD with doubled steps and doubled restarts)")
+    a("--sanity-examples", type=int, default=500,
+      help="the first N examples the sanity runs and the curve use (default: %(default)s)")
+    a("--no-curve", dest="curve", action="store_false", help="skip the accuracy-vs-eps curve")
+    a("--curve-steps", type=int, default=20,
+      help="PGD steps per point of the curve, one restart (default: %(default)s)")
+    a("--strict", action="store_true", help="exit with status 3 when a sanity check warns")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+@dataclasses.dataclass
+class Plan:
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: float
+    seed: int
+    dataset: str
+    model_name: str
+    training: dict
+    attacks: tuple
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Every check that can fail, and the loading, before anything is written."""
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ValueError(message)
+
+    if args.eps is not None:
+        need(0.0 <= args.eps <= 1.0, f"--eps must lie in [0, 1] (inputs are in [0, 1]), got "
+                                     f"{args.eps:g}")
+    if args.alpha is not None:
+        need(0.0 < args.alpha <= 1.0, f"--alpha must lie in (0, 1], got {args.alpha:g}")
+    for flag, value, low in (("--steps", args.steps, 1), ("--restarts", args.restarts, 1),
+                             ("--square-queries", args.square_queries, 1),
+                             ("--batch-size", args.batch_size, 1),
+                             ("--sanity-examples", args.sanity_examples, 1),
+                             ("--curve-steps", args.curve_steps, 1),
+                             ("--n-examples", args.n_examples, 1), ("--seed", args.seed, 0)):
+        need(value is None or value >= low, f"{flag} must be >= {low}, got {value}")
+    try:
+        attacks = check_attacks(args.attacks)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None
+    if any(a in EXTERNAL for a in attacks):
+        torchattacks()
+    need(not args.resume or args.json, "--resume needs --json OUT.json (the partial results "
+                                       "live in OUT.json.partial)")
+    need(not args.plot or args.curve, "--plot needs the curve; drop --no-curve")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise MissingDependency(f"--plot needs matplotlib: {INSTALL_HINT}") from None
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            need(os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK),
+                 f"{flag} {path}: {folder} is not a writable directory")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    need(device.type in ("cpu", "cuda"),
+         f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    need(device.type != "cuda" or torch.cuda.is_available(),
+         f"--device {args.device}: CUDA is not available here")
+
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"--checkpoint: {exc}") from None
+    cfg, model_args = ckpt.get("config", {}), ckpt.get("model_args", {})
+    dataset = args.dataset or cfg.get("dataset")
+    need(dataset in DATASETS, f"--dataset: the checkpoint names no dataset; pass --dataset")
+    eps = args.eps if args.eps is not None else cfg.get("eps")
+    need(eps is not None, "--eps: the checkpoint records no training eps; pass --eps")
+    # The data seed is the training run's: it fixes the digits train/test split (and the
+    # synthetic data), so the test examples are the ones training never saw.
+    data_seed = cfg.get("seed", 0)
+    image_size = cfg.get("image_size", 32)
+    data = load_dataset(dataset, args.data_dir or cfg.get("data_dir"), download=args.download,
+                        seed=data_seed, synthetic_shape=(3, image_size, image_size),
+                        synthetic_train=cfg.get("synthetic_train", 50_000),
+                        synthetic_test=cfg.get("synthetic_test", 10_000))
+    want = (model_args.get("in_channels"), model_args.get("image_size"),
+            model_args.get("num_classes"))
+    have = (data.shape[0], data.shape[1], data.num_classes)
+    need(want == have, f"--dataset {dataset}: its images ({have[0]}x{have[1]}x{data.shape[2]}, "
+                       f"{have[2]} classes) do not fit the checkpoint's model ({want[0]} "
+                       f"channels, {want[1]} px, {want[2]} classes)")
+    n = len(data.y_test) if args.n_examples is None else args.n_examples
+    need(n <= len(data.y_test), f"--n-examples {n} exceeds the {len(data.y_test)} test examples "
+                                f"of {dataset}")
+    model = load_model(args.checkpoint, device)
+    training = {k: cfg.get(k) for k in ("method", "eps", "epochs", "seed") if k in cfg}
+    training["epoch"] = ckpt.get("progress", {}).get("epoch")
+    return Plan(model, data.x_test[:n], data.y_test[:n], float(eps),
+                cfg.get("seed", 0) if args.seed is None else args.seed, dataset,
+                model_args.get("name", "?"), training, attacks)
+
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        plan = prepare(args)
+    except (ValueError, MissingDependency, DatasetNotFoundError) as exc:
+        p.error(str(exc))
+    partial = args.json + ".partial" if args.json else None
+    if args.resume and os.path.exists(partial):
+        print(f"resuming the evaluation kept in {partial}", file=sys.stderr)
+    try:
+        report = evaluate(
+            plan.model, plan.x, plan.y, eps=plan.eps, attacks=plan.attacks, steps=args.steps,
+            restarts=args.restarts, alpha=args.alpha, loss=args.loss,
+            square_queries=args.square_queries, batch_size=args.batch_size,
+            precision=args.precision, seed=plan.seed, sanity_runs=args.sanity,
+            sanity_examples=args.sanity_examples, curve=args.curve,
+            curve_steps=args.curve_steps, progress=args.progress, state_file=partial,
+            resume=args.resume, keep_state_file=True)
+    except (ValueError, MissingDependency) as exc:
+        p.error(str(exc))
+    except AttackError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    report = dataclasses.replace(report, dataset=plan.dataset, split="test",
+                                 checkpoint=args.checkpoint, model=plan.model_name,
+                                 extra={"training": plan.training})
+    if args.json:
+        report.save_json(args.json)
+    if args.plot:
+        plot(report.curve["points"], args.plot, eps=report.eps, robust_acc=report.robust_acc,
+             label=f"PGD-{args.curve_steps} accuracy (1 restart)",
+             title=f"{plan.model_name} on {plan.dataset} ({report.curve['n_examples']} test "
+                   f"examples), eps = {fmt_eps(report.eps)}")
+    if partial and os.path.exists(partial):
+        os.unlink(partial)  # only now: the report is safely on disk
+    print(report.table())
+    if args.json:
+        print(f"\nreport: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
+    return 3 if args.strict and not report.sanity_passed else 0
