@@ -1,0 +1,167 @@
+"""What every experiment shares: the error type the command line turns into one clear line,
+output paths (``PREFIX.json`` next to ``PREFIX.png``), atomic writes, lazy matplotlib (Agg,
+no pyplot state), the device, and a record of the machine the numbers came from."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import sys
+
+import torch
+
+
+class ExperimentError(ValueError):
+    """Bad input to an experiment; the message names the argument (``--checkpoint`` ...)."""
+
+
+# --------------------------------------------------------------------------- paths and files
+
+
+def output_paths(prefix: str, flag: str = "--out") -> tuple[str, str]:
+    """(PREFIX.json, PREFIX.png); a trailing .json or .png on ``prefix`` is dropped. The
+    folder is created; an unwritable one is an ExperimentError naming ``flag``."""
+    if not prefix:
+        raise ExperimentError(f"{flag} must be a non-empty path prefix")
+    base, ext = os.path.splitext(prefix)
+    if ext.lower() in (".json", ".png"):
+        prefix = base
+    folder = os.path.dirname(os.path.abspath(prefix))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise ExperimentError(f"{flag} {prefix!r}: cannot create {folder} ({exc.strerror})") \
+            from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExperimentError(f"{flag} {prefix!r}: {folder} is not writable")
+    return prefix + ".json", prefix + ".png"
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Temp file beside ``path``, fsync, rename: readers see the old file or the new one."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _finite(obj):
+    """NaN/inf become None (JSON has no such numbers; json.dump would write invalid JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def save_json(obj, path: str) -> None:
+    _write_atomic(path, (json.dumps(_finite(obj), indent=1) + "\n").encode())
+
+
+def read_json(path: str, flag: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ExperimentError(f"{flag}: {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ExperimentError(f"{flag}: {path} is not valid JSON ({exc})") from None
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib Figure drawn by the Agg canvas: matplotlib is imported only here, and no
+    pyplot (global state, GUI backends) is involved."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str, dpi: int = 120) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    _write_atomic(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- device, machine
+
+
+def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ExperimentError(f"{flag} must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ExperimentError(f"{flag} must be cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ExperimentError(f"{flag} {name}: this torch sees no CUDA device")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> dict:
+    """Where and with what the numbers were measured."""
+    from .. import __version__
+
+    return {
+        "device": device_name(device), "device_type": device.type,
+        "torch": torch.__version__, "fastadv": __version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "-m", "fastadv.experiments", *sys.argv[1:]])
+        if sys.argv and sys.argv[0].endswith("__main__.py") else None,
+    }
+
+
+def parse_int_list(text: str, flag: str, low: int = 1) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]: distinct ints >= low, in the order given."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ExperimentError(f"{flag} must be comma-separated integers such as 1,2,4, "
+                              f"got {text!r}") from None
+    if not values:
+        raise ExperimentError(f"{flag} must list at least one integer, got {text!r}")
+    bad = [v for v in values if v < low]
+    if bad:
+        raise ExperimentError(f"{flag} values must be >= {low}, got {bad[0]} in {text!r}")
+    if len(set(values)) != len(values):
+        raise ExperimentError(f"{flag} lists a value twice: {text!r}")
+    return values
