@@ -1,9 +1,14 @@
 """The attack benchmark: PGD-k images/s of fastadv.pgd against torchattacks.PGD and a plain
 eager loop, measured in the same run on the same model and data, with the ablation of each
-speed mechanic and the robust accuracy each attack leaves (it must not move).
+speed mechanic and the robust accuracy each attack leaves (it must not move); and the
+evaluation attack, PGD-50 x 10 restarts, with restarts batched and early-stopped against
+torchattacks.PGD restarted 10 times.
 
     python -m benchmarks.attack --device cuda --model preact-resnet18 --batch 512
     python -m benchmarks.attack --device cpu --quick
+
+Model FLOP utilisation counts the useful FLOPs of PGD-k, 2k forward passes per image (each
+step a forward and an input-only backward), from the model's counted forward FLOPs.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import fastadv
 from fastadv.data import synthetic
-from fastadv.models import PreActResNet18, SmallCNN
+from fastadv.models import CIFAR10_MEAN, CIFAR10_STD, PreActResNet18, SmallCNN, build_model
 
 from .common import report, time_fn
 
@@ -30,10 +36,23 @@ def synthetic_cifar(n: int, device, seed: int = 0):
     return x.to(device), y.to(device)
 
 
+MODELS = ("small-cnn", "preact-resnet18", "wrn-34-10")
+
+
 def make_model(name: str, device):
     model = {"small-cnn": lambda: SmallCNN(in_channels=3, width=2, mean=(0.5,) * 3, std=(0.25,) * 3),
-             "preact-resnet18": PreActResNet18}[name]()
+             "preact-resnet18": PreActResNet18,
+             "wrn-34-10": lambda: build_model("wrn-34-10", mean=CIFAR10_MEAN, std=CIFAR10_STD)}[name]()
     return model.to(device)
+
+
+def forward_flops_per_image(model) -> float:
+    was_training = model.training
+    x = torch.rand(2, 3, 32, 32, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x)
+    model.train(was_training)
+    return counter.get_total_flops() / 2
 
 
 def fit(model, x, y, steps=30):
@@ -92,73 +111,165 @@ def implementations(model, steps: int, device):
     return impls
 
 
+def eval_implementations(model, steps: int, restarts: int, device):
+    """The evaluation attack, PGD-k x R restarts, worst case per example."""
+    alpha = 2.5 * EPS / steps
+    impls = {}
+    try:
+        import torchattacks
+
+        atk = torchattacks.PGD(model, eps=EPS, alpha=alpha, steps=steps, random_start=True)
+
+        def sequential(x, y):
+            # Restart after restart, keeping for each example the first point that fools it.
+            best = x.clone()
+            robust = torch.ones(len(y), dtype=torch.bool, device=y.device)
+            for _ in range(restarts):
+                x_adv = atk(x, y)
+                with torch.no_grad():
+                    fooled = (model(x_adv).argmax(1) != y) & robust
+                best[fooled] = x_adv[fooled]
+                robust &= ~fooled
+            return best
+
+        impls[f"torchattacks.PGD x {restarts} restarts"] = sequential
+    except ImportError:
+        pass
+    common = dict(eps=EPS, alpha=alpha, steps=steps, restarts=restarts)
+    impls["fastadv.pgd, restarts batched"] = lambda x, y: fastadv.pgd(model, x, y, **common)
+    impls["+ early stop"] = lambda x, y: fastadv.pgd(model, x, y, early_stop=True, **common)
+    impls["+ bf16 autocast, channels_last"] = lambda x, y: fastadv.pgd(
+        model, x, y, early_stop=True, precision="bf16", **common)
+    return impls
+
+
 @dataclass(frozen=True)
 class Row:
     model: str
     batch: int
     steps: int
+    restarts: int
     impl: str
     min_s: float
     median_s: float
     images_per_s: float
     speedup_vs_torchattacks: float | None
-    speedup_vs_eager: float
+    speedup_vs_eager: float | None
+    tflops: float | None  # useful FLOP/s of single-start PGD-k (2k forward passes per image)
+    mfu_bf16: float | None
     robust_accuracy: float
     clean_accuracy: float
 
 
-def run(device, model_name: str, batch: int, steps: int, repeats: int) -> list[Row]:
+def _time_case(model, x, y, impls: dict, device, repeats: int):
+    """{name: (timing, robust accuracy)}; from the first channels_last row on, the model
+    stays channels_last (the fastest settings use it)."""
+    model.to(memory_format=torch.contiguous_format)
+    out = {}
+    for name, attack in impls.items():
+        if "channels_last" in name:
+            model.to(memory_format=torch.channels_last)
+        timing = time_fn(lambda: attack(x, y), device, repeats=repeats, warmup=1)
+        x_adv = attack(x, y)
+        with torch.no_grad():
+            robust = (model(x_adv).argmax(1) == y).float().mean().item()
+        out[name] = (timing, robust)
+    return out
+
+
+def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_steps: int = 50,
+        eval_restarts: int = 10, device_name: str = "") -> list[Row]:
     torch.manual_seed(0)
     x_train, y_train = synthetic_cifar(2048, device, seed=1)
     x, y = synthetic_cifar(batch, device, seed=2)
     model = fit(make_model(model_name, device), x_train, y_train)
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
-    rows, times = [], {}
-    for name, attack in implementations(model, steps, device).items():
-        if "channels_last" in name:  # from here on (in place): the fastest settings use it
-            model.to(memory_format=torch.channels_last)
-        timing = time_fn(lambda: attack(x, y), device, repeats=repeats, warmup=1)
-        x_adv = attack(x, y)
-        with torch.no_grad():
-            robust = (model(x_adv).argmax(1) == y).float().mean().item()
-        times[name] = timing
-        rows.append((name, timing, robust))
-    base = times.get("torchattacks.PGD")
-    eager = times["eager loop (fp32, loss.backward)"]
-    return [Row(model_name, batch, steps, name, t.min_s, t.median_s, batch / t.min_s,
-                None if base is None else base.min_s / t.min_s, eager.min_s / t.min_s,
-                robust, clean) for name, t, robust in rows]
+    flops = 2 * steps * forward_flops_per_image(model)
+    peak = _peak_tflops(device_name)
+    rows = []
+    cases = [(steps, 1, implementations(model, steps, device), "eager loop (fp32, loss.backward)")]
+    if eval_restarts:
+        cases.append((eval_steps, eval_restarts,
+                      eval_implementations(model, eval_steps, eval_restarts, device), None))
+    for k, restarts, impls, eager_name in cases:
+        results = _time_case(model, x, y, impls, device, repeats)
+        ta = next((t for name, (t, _) in results.items() if name.startswith("torchattacks")),
+                  None)
+        eager = results[eager_name][0] if eager_name else None
+        for name, (t, robust) in results.items():
+            ips = batch / t.min_s
+            tflops = ips * flops / 1e12 if restarts == 1 else None
+            rows.append(Row(model_name, batch, k, restarts, name, t.min_s, t.median_s, ips,
+                            None if ta is None else ta.min_s / t.min_s,
+                            None if eager is None else eager.min_s / t.min_s, tflops,
+                            None if tflops is None or peak is None else tflops / peak,
+                            robust, clean))
+    model.to(memory_format=torch.contiguous_format)
+    return rows
+
+
+def _peak_tflops(device_name: str):
+    from .train import peak_tflops
+
+    return peak_tflops(device_name)
+
+
+def _ratio(value):
+    return "—" if value is None else f"{value:.2f}×"
 
 
 def markdown(rows: list[Row], env: dict) -> str:
     lines = [f"PGD attack throughput on {env['device']}, torch {env['torch']}, {env['date'][:10]}",
-             "", "| model | batch | PGD | impl | images/s | vs torchattacks | vs eager loop "
-             "| robust acc | clean acc |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "", "| model | batch | attack | impl | images/s | vs torchattacks | vs eager loop "
+             "| TFLOP/s | MFU (bf16 peak) | robust acc | clean acc |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ta = "—" if r.speedup_vs_torchattacks is None else f"{r.speedup_vs_torchattacks:.2f}×"
-        lines.append(f"| {r.model} | {r.batch} | {r.steps} | {r.impl} | {r.images_per_s:.1f} "
-                     f"| {ta} | {r.speedup_vs_eager:.2f}× | {r.robust_accuracy:.1%} "
-                     f"| {r.clean_accuracy:.1%} |")
+        attack = f"PGD-{r.steps}" + (f" x {r.restarts}" if r.restarts > 1 else "")
+        tflops = "—" if r.tflops is None else f"{r.tflops:.3f}"
+        mfu = "—" if r.mfu_bf16 is None else f"{r.mfu_bf16:.1%}"
+        lines.append(f"| {r.model} | {r.batch} | {attack} | {r.impl} | {r.images_per_s:.1f} "
+                     f"| {_ratio(r.speedup_vs_torchattacks)} | {_ratio(r.speedup_vs_eager)} "
+                     f"| {tflops} | {mfu} | {r.robust_accuracy:.1%} | {r.clean_accuracy:.1%} |")
     return "\n".join(lines)
+
+
+def defaults(device: torch.device, quick: bool) -> dict:
+    if quick:
+        return dict(models=["small-cnn"], batch=32, steps=10, repeats=2, eval_steps=10,
+                    eval_restarts=3)
+    if device.type == "cuda":
+        return dict(models=list(MODELS), batch=512, steps=10, repeats=5, eval_steps=50,
+                    eval_restarts=10)
+    return dict(models=["small-cnn", "preact-resnet18"], batch=64, steps=10, repeats=3,
+                eval_steps=50, eval_restarts=10)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--model", action="append", choices=["small-cnn", "preact-resnet18"])
+    parser.add_argument("--model", action="append", choices=MODELS)
     parser.add_argument("--batch", type=int, help="default: 512 on CUDA, 64 on CPU")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="small CNN, batch 32, 2 repeats")
+    parser.add_argument("--steps", type=int, help="PGD steps of the training-style attack")
+    parser.add_argument("--eval-steps", type=int, help="PGD steps of the evaluation attack")
+    parser.add_argument("--eval-restarts", type=int, help="its restarts (0: skip it)")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--quick", action="store_true",
+                        help="small CNN, batch 32, PGD-10 x 3 evaluation, 2 repeats")
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    models = args.model or (["small-cnn"] if args.quick else ["small-cnn", "preact-resnet18"])
-    batch = args.batch or (32 if args.quick else 512 if device.type == "cuda" else 64)
-    repeats = 2 if args.quick else args.repeats
-    rows = [row for name in models for row in run(device, name, batch, args.steps, repeats)]
+    d = defaults(device, args.quick)
+    for key in ("batch", "steps", "repeats", "eval_steps", "eval_restarts"):
+        if getattr(args, key) is not None:
+            d[key] = getattr(args, key)
+    from .common import device_name
+
+    rows = [row for name in (args.model or d["models"])
+            for row in run(device, name, d["batch"], d["steps"], d["repeats"], d["eval_steps"],
+                           d["eval_restarts"], device_name(device))]
     report("attack", device, rows, markdown, args.json)
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,125 @@
+"""One entry point for every benchmark suite: each against its baselines measured in the
+same run, written together as benchmarks/results/<device>-<date>.{json,md,png}.
+
+    python -m benchmarks.run --suite all --device cuda            # the full suite on a GPU
+    python -m benchmarks.run --suite all --device cpu --quick     # under 2 minutes (CI)
+
+Suites: ``op`` (pgd_ GB/s against a tensor copy and the eager formula), ``attack`` (PGD-10
+and PGD-50 x 10 evaluation images/s against torchattacks and an eager loop, with the ablation
+and the robust accuracy of each row), ``train`` (PGD-10 AT images/s against a plain eager
+training loop, with the ablation). Each suite's own module runs it alone too
+(``python -m benchmarks.attack ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+from dataclasses import asdict
+
+import torch
+
+from . import attack, op, train
+from .common import device_name, environment
+
+SUITES = ("op", "attack", "train")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def run_suite(suite: str, device: torch.device, quick: bool) -> list:
+    if suite == "op":
+        shapes = op.QUICK_SHAPES if quick else tuple(op.SHAPES)
+        return op.run(device, shapes, repeats=5 if quick else 30)
+    if suite == "attack":
+        d = attack.defaults(device, quick)
+        return [row for name in d["models"]
+                for row in attack.run(device, name, d["batch"], d["steps"], d["repeats"],
+                                      d["eval_steps"], d["eval_restarts"], device_name(device))]
+    d = train.defaults(device, quick)
+    return [row for name in d["models"]
+            for row in train.run(device, name, d["images"], d["batch"], d["steps"], d["epochs"],
+                                 device_name=device_name(device))]
+
+
+MARKDOWN = {"op": op.markdown, "attack": attack.markdown, "train": train.markdown}
+
+
+def speedups(suite: str, rows: list) -> list[tuple[str, float]]:
+    """(label, speed-up over the suite's baseline) for the chart."""
+    if suite == "op":
+        return [(f"{r.shape} {r.impl}", r.speedup_vs_eager) for r in rows if r.impl != "eager"]
+    if suite == "attack":
+        return [(f"{r.model} PGD-{r.steps}" + (f"x{r.restarts}" if r.restarts > 1 else "")
+                 + f" {r.impl}", r.speedup_vs_torchattacks) for r in rows
+                if r.speedup_vs_torchattacks is not None]
+    return [(f"{r.model} {r.impl}", r.speedup_vs_plain) for r in rows]
+
+
+def chart(results: dict, env: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    suites = [s for s in SUITES if s in results]
+    bars = {s: speedups(s, results[s]) for s in suites}
+    heights = [max(2.0, 0.28 * len(bars[s]) + 1) for s in suites]
+    fig, axes = plt.subplots(len(suites), 1, figsize=(10, sum(heights)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    baseline = {"op": "eager formula", "attack": "torchattacks.PGD", "train": "plain eager loop"}
+    for ax, suite in zip(axes[:, 0], suites):
+        labels, values = zip(*bars[suite]) if bars[suite] else ((), ())
+        ax.barh(range(len(values)), values, color="tab:blue")
+        ax.set_yticks(range(len(values)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.set_xlabel(f"speed-up over {baseline[suite]} (same run; log scale)")
+        ax.set_title(f"{suite} suite", fontsize=9)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.2f}×", va="center", fontsize=7)
+    fig.suptitle(f"fastadv benchmarks on {env['device']}, torch {env['torch']}, "
+                 f"{env['date'][:10]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="small cases (CI, < 2 min on CPU)")
+    parser.add_argument("--out", help="path prefix of the .json/.md/.png (default: "
+                                      "benchmarks/results/<device>-<date>[-quick])")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    env = environment(device, "benchmarks.run")
+    results = {}
+    for suite in suites:
+        results[suite] = run_suite(suite, device, args.quick)
+        print(MARKDOWN[suite](results[suite], env), "\n", flush=True)
+    date = datetime.date.today().isoformat()
+    prefix = args.out or os.path.join(
+        RESULTS, f"{device.type}-{date}" + ("-quick" if args.quick else ""))
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    with open(prefix + ".json", "w") as f:
+        json.dump({**env, "quick": args.quick,
+                   "suites": {s: [asdict(r) for r in rows] for s, rows in results.items()}},
+                  f, indent=1)
+    with open(prefix + ".md", "w") as f:
+        f.write("\n\n".join(MARKDOWN[s](rows, env) for s, rows in results.items()) + "\n")
+    chart(results, env, prefix + ".png")
+    print(f"wrote {prefix}.json, .md and .png")
+
+
+if __name__ == "__main__":
+    main()

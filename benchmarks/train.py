@@ -1,0 +1,252 @@
+"""The training benchmark: PGD-k adversarial training images/s of ``fastadv.train`` against a
+plain eager loop as common public code writes it, on the same synthetic CIFAR-shaped data,
+model and settings, measured in the same run, with the ablation of each speed mechanic and
+the test robust accuracy each run ends with (it must not move beyond run-to-run noise).
+
+    python -m benchmarks.train --device cuda --model preact-resnet18 --images 50000 --batch 512
+    python -m benchmarks.train --device cpu --quick
+
+Each implementation trains ``--epochs`` epochs (default 2) from the same initial weights; the
+images/s and seconds of the last epoch are reported (the first one pays for warm-up:
+compilation, cuDNN autotuning, CUDA-graph capture). Model FLOP utilisation uses the useful
+FLOPs of PGD-k AT, (2k + 3) forward passes per image (each attack step is a forward and an
+input-only backward, the weight update a forward and a full backward), from each model's
+forward FLOPs counted by torch.utils.flop_counter; it is given against the device's dense
+bf16 peak where that is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import fastadv
+from fastadv.data import random_crop_flip, synthetic
+from fastadv.models import build_model
+from fastadv.train import TrainConfig, train
+
+from .attack import eager_pgd
+from .common import report
+
+EPS, ALPHA = 8 / 255, 2 / 255
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+
+# Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs we measure on, from the vendors' sheets.
+BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
+
+
+def forward_flops_per_image(model_name: str, shape=(3, 32, 32)) -> float:
+    model = build_model(model_name, in_channels=shape[0], image_size=shape[1], mean=MEAN,
+                        std=STD).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(2, *shape))
+    return counter.get_total_flops() / 2
+
+
+# --------------------------------------------------------------------------- the baseline
+
+
+def plain_loop(model_name, x_cpu, y_cpu, *, batch, epochs, steps, device, fused_op=False,
+               seed=0):
+    """PGD-AT as common public code writes it: data on the host, augmented there and copied
+    to the device per batch; fp32; the attack in train mode with its input gradient from
+    loss.backward() (which also computes every weight gradient); the step as eager kernels
+    (or, with fused_op, as fastadv.pgd_). Returns (model, seconds of each epoch)."""
+    torch.manual_seed(seed)
+    model = build_model(model_name, mean=MEAN, std=STD).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    step_fn = (lambda xa, g, xn: fastadv.pgd_(xa, g, xn, eps=EPS, alpha=ALPHA)) if fused_op \
+        else None
+    seconds = []
+    n = len(y_cpu) // batch * batch
+    for epoch in range(epochs):
+        _sync(device)
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(y_cpu), generator=torch.Generator().manual_seed(epoch))
+        for idx in order[:n].view(-1, batch):
+            x = random_crop_flip(x_cpu[idx]).to(device)
+            y = y_cpu[idx].to(device)
+            x_adv = eager_pgd(model, x, y, steps, step_fn)
+            loss = F.cross_entropy(model(x_adv), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return model.eval(), seconds
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def robust_accuracy(model, x, y, steps=10, batch=256):
+    """Clean and PGD-k (α = 2.5ε/k) accuracy, the same evaluation for every row."""
+    clean = robust = 0
+    for xb, yb in zip(x.split(batch), y.split(batch)):
+        with torch.no_grad():
+            clean += (model(xb).argmax(1) == yb).sum().item()
+        x_adv = fastadv.pgd(model, xb, yb, eps=EPS, alpha=2.5 * EPS / steps, steps=steps)
+        with torch.no_grad():
+            robust += (model(x_adv).argmax(1) == yb).sum().item()
+    return clean / len(y), robust / len(y)
+
+
+# --------------------------------------------------------------------------- fastadv levels
+
+
+def fastadv_levels(device: torch.device, compile_on_cpu: bool) -> dict:
+    """The ablation: each level adds one mechanic to the one before."""
+    levels = {
+        "fastadv.train fp32 (input-only grads, fused op, data on device)": {},
+        "+ bf16 autocast, channels_last": {"precision": "bf16", "channels_last": True},
+    }
+    if device.type == "cuda" or compile_on_cpu:
+        levels["+ torch.compile"] = {"precision": "bf16", "channels_last": True, "compile": True}
+    if device.type == "cuda":
+        levels["+ CUDA graph (attack)"] = {"precision": "bf16", "channels_last": True,
+                                           "compile": True, "cuda_graph": True}
+    return levels
+
+
+def run_trainer(model_name, *, images, test_images, batch, epochs, steps, device, options,
+                seed=0):
+    """fastadv.train on synthetic CIFAR-shaped data; returns (last epoch's metrics,
+    (clean, robust) test accuracy of the last checkpoint)."""
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(dataset="synthetic", model=model_name, method="pgd", eps=EPS,
+                          alpha=ALPHA, steps=steps, epochs=epochs, batch_size=batch,
+                          optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="constant",
+                          device=str(device), seed=seed, out=os.path.join(out, "run"),
+                          eval_every=10**9, eval_steps=1, eval_examples=1, val_size=1,
+                          synthetic_train=images + 1, synthetic_test=test_images,
+                          progress=False, **options)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(cfg)
+        with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
+            last = [json.loads(line) for line in f][-1]
+        model = fastadv.load_model(os.path.join(cfg.out, "last.pt"), device)
+    return last, model
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    images: int
+    batch: int
+    steps: int
+    impl: str
+    epoch_seconds: float
+    images_per_s: float
+    speedup_vs_plain: float
+    tflops: float
+    mfu_bf16: float | None
+    clean_accuracy: float
+    robust_accuracy: float
+
+
+def run(device, model_name: str, images: int, batch: int, steps: int, epochs: int,
+        compile_on_cpu: bool = False, device_name: str = "") -> list[Row]:
+    x_train, y_train = synthetic(images, (3, 32, 32), seed=1)
+    x_test, y_test = synthetic(512 if device.type == "cuda" else 128, (3, 32, 32), seed=2)
+    x_test, y_test = x_test.to(device), y_test.to(device)
+    useful = (2 * steps + 3) * forward_flops_per_image(model_name)
+    results = {}
+    for name, fused in (("plain eager loop (fp32, loss.backward, host data)", False),
+                        ("+ fused op", True)):
+        model, seconds = plain_loop(model_name, x_train, y_train, batch=batch, epochs=epochs,
+                                    steps=steps, device=device, fused_op=fused)
+        n = len(y_train) // batch * batch
+        results[name] = (seconds[-1], n / seconds[-1], robust_accuracy(model, x_test, y_test))
+    for name, options in fastadv_levels(device, compile_on_cpu).items():
+        last, model = run_trainer(model_name, images=images, test_images=len(y_test),
+                                  batch=batch, epochs=epochs, steps=steps, device=device,
+                                  options=options)
+        results[name] = (last["seconds"], last["images_per_s"],
+                         robust_accuracy(model, x_test, y_test))
+    base = next(iter(results.values()))[1]
+    peak = peak_tflops(device_name)
+    rows = []
+    for name, (seconds, ips, (clean, robust)) in results.items():
+        tflops = ips * useful / 1e12
+        rows.append(Row(model_name, images, batch, steps, name, seconds, ips, ips / base, tflops,
+                        None if peak is None else tflops / peak, clean, robust))
+    return rows
+
+
+def markdown(rows: list[Row], env: dict) -> str:
+    lines = [f"PGD adversarial training throughput on {env['device']}, torch {env['torch']}, "
+             f"{env['date'][:10]}", "",
+             "| model | images | batch | PGD | impl | epoch s | images/s | vs plain loop "
+             "| TFLOP/s | MFU (bf16 peak) | clean acc | robust acc |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mfu = "—" if r.mfu_bf16 is None else f"{r.mfu_bf16:.1%}"
+        lines.append(f"| {r.model} | {r.images} | {r.batch} | {r.steps} | {r.impl} "
+                     f"| {r.epoch_seconds:.2f} | {r.images_per_s:.1f} | {r.speedup_vs_plain:.2f}× "
+                     f"| {r.tflops:.3f} | {mfu} | {r.clean_accuracy:.1%} "
+                     f"| {r.robust_accuracy:.1%} |")
+    return "\n".join(lines)
+
+
+QUICK = dict(models=["small-cnn"], images=256, batch=64, steps=5, epochs=2)
+
+
+def defaults(device: torch.device, quick: bool) -> dict:
+    if quick:
+        return dict(QUICK)
+    if device.type == "cuda":
+        return dict(models=["small-cnn", "preact-resnet18", "wrn-34-10"], images=50_000,
+                    batch=512, steps=10, epochs=2)
+    return dict(models=["small-cnn", "preact-resnet18"], images=512, batch=64, steps=10,
+                epochs=2)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", action="append",
+                        choices=["small-cnn", "preact-resnet18", "wrn-34-10"])
+    parser.add_argument("--images", type=int, help="training images per epoch")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--steps", type=int, help="PGD steps of the training attack")
+    parser.add_argument("--epochs", type=int, help="epochs per implementation (last timed)")
+    parser.add_argument("--compile-on-cpu", action="store_true",
+                        help="also time torch.compile on the CPU (minutes of compilation)")
+    parser.add_argument("--quick", action="store_true", help="small CNN, 256 images, PGD-5")
+    parser.add_argument("--json", help="write the results here (JSON)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    d = defaults(device, args.quick)
+    for key in ("images", "batch", "steps", "epochs"):
+        if getattr(args, key) is not None:
+            d[key] = getattr(args, key)
+    from .common import device_name
+
+    rows = [row for name in (args.model or d["models"])
+            for row in run(device, name, d["images"], d["batch"], d["steps"], d["epochs"],
+                           args.compile_on_cpu, device_name(device))]
+    report("train", device, rows, markdown, args.json)
+
+
+if __name__ == "__main__":
+    main()
