@@ -111,8 +111,10 @@ def implementations(model, steps: int, device):
     return impls
 
 
-def eval_implementations(model, steps: int, restarts: int, device):
-    """The evaluation attack, PGD-k x R restarts, worst case per example."""
+def eval_implementations(model, steps: int, restarts: int, device, max_batch: int):
+    """The evaluation attack, PGD-k x R restarts, worst case per example. fastadv batches
+    restarts up to ``max_batch`` rows per pass: all 10 x 512 rows of WRN-34-10 would need
+    ~170 GB of activations, and on a CPU rows beyond a few hundred fall out of cache."""
     alpha = 2.5 * EPS / steps
     impls = {}
     try:
@@ -135,7 +137,7 @@ def eval_implementations(model, steps: int, restarts: int, device):
         impls[f"torchattacks.PGD x {restarts} restarts"] = sequential
     except ImportError:
         pass
-    common = dict(eps=EPS, alpha=alpha, steps=steps, restarts=restarts)
+    common = dict(eps=EPS, alpha=alpha, steps=steps, restarts=restarts, max_batch=max_batch)
     impls["fastadv.pgd, restarts batched"] = lambda x, y: fastadv.pgd(model, x, y, **common)
     impls["+ early stop"] = lambda x, y: fastadv.pgd(model, x, y, early_stop=True, **common)
     impls["+ bf16 autocast, channels_last"] = lambda x, y: fastadv.pgd(
@@ -178,7 +180,8 @@ def _time_case(model, x, y, impls: dict, device, repeats: int):
 
 
 def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_steps: int = 50,
-        eval_restarts: int = 10, device_name: str = "") -> list[Row]:
+        eval_restarts: int = 10, max_batch: int | None = None,
+        device_name: str = "") -> list[Row]:
     torch.manual_seed(0)
     x_train, y_train = synthetic_cifar(2048, device, seed=1)
     x, y = synthetic_cifar(batch, device, seed=2)
@@ -191,7 +194,8 @@ def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_step
     cases = [(steps, 1, implementations(model, steps, device), "eager loop (fp32, loss.backward)")]
     if eval_restarts:
         cases.append((eval_steps, eval_restarts,
-                      eval_implementations(model, eval_steps, eval_restarts, device), None))
+                      eval_implementations(model, eval_steps, eval_restarts, device,
+                                           max_batch or batch), None))
     for k, restarts, impls, eager_name in cases:
         results = _time_case(model, x, y, impls, device, repeats)
         ta = next((t for name, (t, _) in results.items() if name.startswith("torchattacks")),
@@ -234,15 +238,19 @@ def markdown(rows: list[Row], env: dict) -> str:
     return "\n".join(lines)
 
 
-def defaults(device: torch.device, quick: bool) -> dict:
+def cases(device: torch.device, quick: bool) -> list[dict]:
+    """One dict of run() arguments per model. On the CPU the PGD-50 x 10 evaluation runs on
+    the small CNN only (on PreActResNet-18 it would take most of an hour)."""
     if quick:
-        return dict(models=["small-cnn"], batch=32, steps=10, repeats=2, eval_steps=10,
-                    eval_restarts=3)
+        return [dict(model_name="small-cnn", batch=32, steps=10, repeats=2, eval_steps=10,
+                     eval_restarts=3, max_batch=64)]
     if device.type == "cuda":
-        return dict(models=list(MODELS), batch=512, steps=10, repeats=5, eval_steps=50,
-                    eval_restarts=10)
-    return dict(models=["small-cnn", "preact-resnet18"], batch=64, steps=10, repeats=3,
-                eval_steps=50, eval_restarts=10)
+        return [dict(model_name=m, batch=512, steps=10, repeats=5, eval_steps=50, eval_restarts=10,
+                     max_batch=1024 if m == "wrn-34-10" else 5120) for m in MODELS]
+    return [dict(model_name="small-cnn", batch=64, steps=10, repeats=3, eval_steps=50,
+                 eval_restarts=10, max_batch=64),
+            dict(model_name="preact-resnet18", batch=16, steps=10, repeats=2, eval_steps=50,
+                 eval_restarts=0)]
 
 
 def main(argv=None):
@@ -253,21 +261,23 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="PGD steps of the training-style attack")
     parser.add_argument("--eval-steps", type=int, help="PGD steps of the evaluation attack")
     parser.add_argument("--eval-restarts", type=int, help="its restarts (0: skip it)")
+    parser.add_argument("--max-batch", type=int, help="most rows per pass of batched restarts")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--quick", action="store_true",
                         help="small CNN, batch 32, PGD-10 x 3 evaluation, 2 repeats")
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    d = defaults(device, args.quick)
-    for key in ("batch", "steps", "repeats", "eval_steps", "eval_restarts"):
-        if getattr(args, key) is not None:
-            d[key] = getattr(args, key)
     from .common import device_name
 
-    rows = [row for name in (args.model or d["models"])
-            for row in run(device, name, d["batch"], d["steps"], d["repeats"], d["eval_steps"],
-                           d["eval_restarts"], device_name(device))]
+    rows = []
+    for case in cases(device, args.quick):
+        if args.model and case["model_name"] not in args.model:
+            continue
+        for key in ("batch", "steps", "repeats", "eval_steps", "eval_restarts", "max_batch"):
+            if getattr(args, key) is not None:
+                case[key] = getattr(args, key)
+        rows += run(device, **case, device_name=device_name(device))
     report("attack", device, rows, markdown, args.json)
 
 

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from fastadv._io import device_name  # noqa: F401 - the suites import it from here
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -42,17 +44,6 @@ def time_fn(fn, device: torch.device, *, repeats: int, warmup: int = 3) -> Timin
             fn()
             samples.append(time.perf_counter() - t0)
     return Timing(min(samples), statistics.median(samples), repeats)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def environment(device: torch.device, module: str) -> dict:

@@ -32,15 +32,10 @@ def run_suite(suite: str, device: torch.device, quick: bool) -> list:
     if suite == "op":
         shapes = op.QUICK_SHAPES if quick else tuple(op.SHAPES)
         return op.run(device, shapes, repeats=5 if quick else 30)
-    if suite == "attack":
-        d = attack.defaults(device, quick)
-        return [row for name in d["models"]
-                for row in attack.run(device, name, d["batch"], d["steps"], d["repeats"],
-                                      d["eval_steps"], d["eval_restarts"], device_name(device))]
-    d = train.defaults(device, quick)
-    return [row for name in d["models"]
-            for row in train.run(device, name, d["images"], d["batch"], d["steps"], d["epochs"],
-                                 device_name=device_name(device))]
+    module = {"attack": attack, "train": train}[suite]
+    name = device_name(device)
+    return [row for case in module.cases(device, quick)
+            for row in module.run(device, **case, device_name=name)]
 
 
 MARKDOWN = {"op": op.markdown, "attack": attack.markdown, "train": train.markdown}

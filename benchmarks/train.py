@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fastadv
 from fastadv.data import random_crop_flip, synthetic
+from fastadv.eval import clean_and_pgd_correct
 from fastadv.models import build_model
 from fastadv.train import TrainConfig, train
 
@@ -41,12 +42,14 @@ from .common import report
 EPS, ALPHA = 8 / 255, 2 / 255
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 
-# Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs we measure on, from the vendors' sheets.
-BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+# Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets; the first name found in
+# the device's name wins, so the PCIe and NVL variants come before the SXM parts.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
+                    ("H200", 989.4), ("A100", 312.0))
 
 
 def peak_tflops(device_name: str) -> float | None:
-    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
+    return next((v for k, v in BF16_PEAK_TFLOPS if k in device_name), None)
 
 
 def forward_flops_per_image(model_name: str, shape=(3, 32, 32)) -> float:
@@ -96,15 +99,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def robust_accuracy(model, x, y, steps=10, batch=256):
+def robust_accuracy(model, x, y, steps=10):
     """Clean and PGD-k (α = 2.5ε/k) accuracy, the same evaluation for every row."""
-    clean = robust = 0
-    for xb, yb in zip(x.split(batch), y.split(batch)):
-        with torch.no_grad():
-            clean += (model(xb).argmax(1) == yb).sum().item()
-        x_adv = fastadv.pgd(model, xb, yb, eps=EPS, alpha=2.5 * EPS / steps, steps=steps)
-        with torch.no_grad():
-            robust += (model(x_adv).argmax(1) == yb).sum().item()
+    clean, robust = clean_and_pgd_correct(model, x, y, eps=EPS, steps=steps)
     return clean / len(y), robust / len(y)
 
 
@@ -113,15 +110,20 @@ def robust_accuracy(model, x, y, steps=10, batch=256):
 
 def fastadv_levels(device: torch.device, compile_on_cpu: bool) -> dict:
     """The ablation: each level adds one mechanic to the one before."""
+    # Like the plain loop, the attack runs with BatchNorm in train mode (batch statistics);
+    # only the CUDA graph needs eval mode (fastadv's default), and its row says so.
     levels = {
-        "fastadv.train fp32 (input-only grads, fused op, data on device)": {},
-        "+ bf16 autocast, channels_last": {"precision": "bf16", "channels_last": True},
+        "fastadv.train fp32 (input-only grads, fused op, data on device)": {"attack_bn": "train"},
+        "+ bf16 autocast, channels_last": {"attack_bn": "train", "precision": "bf16",
+                                           "channels_last": True},
     }
     if device.type == "cuda" or compile_on_cpu:
-        levels["+ torch.compile"] = {"precision": "bf16", "channels_last": True, "compile": True}
+        levels["+ torch.compile"] = {"attack_bn": "train", "precision": "bf16",
+                                     "channels_last": True, "compile": True}
     if device.type == "cuda":
-        levels["+ CUDA graph (attack)"] = {"precision": "bf16", "channels_last": True,
-                                           "compile": True, "cuda_graph": True}
+        levels["+ CUDA graph (attack, eval-mode BN)"] = {
+            "attack_bn": "eval", "precision": "bf16", "channels_last": True, "compile": True,
+            "cuda_graph": True}
     return levels
 
 
@@ -208,17 +210,16 @@ def markdown(rows: list[Row], env: dict) -> str:
     return "\n".join(lines)
 
 
-QUICK = dict(models=["small-cnn"], images=256, batch=64, steps=5, epochs=2)
-
-
-def defaults(device: torch.device, quick: bool) -> dict:
+def cases(device: torch.device, quick: bool) -> list[dict]:
+    """One dict of run() arguments per model. The CPU sizes keep a full CPU run to minutes;
+    the GPU's are the DESIGN's (a CIFAR-sized epoch, batch 512, PGD-10)."""
     if quick:
-        return dict(QUICK)
+        return [dict(model_name="small-cnn", images=256, batch=64, steps=5, epochs=2)]
     if device.type == "cuda":
-        return dict(models=["small-cnn", "preact-resnet18", "wrn-34-10"], images=50_000,
-                    batch=512, steps=10, epochs=2)
-    return dict(models=["small-cnn", "preact-resnet18"], images=512, batch=64, steps=10,
-                epochs=2)
+        return [dict(model_name=m, images=50_000, batch=512, steps=10, epochs=2)
+                for m in ("small-cnn", "preact-resnet18", "wrn-34-10")]
+    return [dict(model_name="small-cnn", images=2048, batch=128, steps=10, epochs=2),
+            dict(model_name="preact-resnet18", images=128, batch=32, steps=10, epochs=2)]
 
 
 def main(argv=None):
@@ -236,15 +237,17 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    d = defaults(device, args.quick)
-    for key in ("images", "batch", "steps", "epochs"):
-        if getattr(args, key) is not None:
-            d[key] = getattr(args, key)
     from .common import device_name
 
-    rows = [row for name in (args.model or d["models"])
-            for row in run(device, name, d["images"], d["batch"], d["steps"], d["epochs"],
-                           args.compile_on_cpu, device_name(device))]
+    rows = []
+    for case in cases(device, args.quick):
+        if args.model and case["model_name"] not in args.model:
+            continue
+        for key in ("images", "batch", "steps", "epochs"):
+            if getattr(args, key) is not None:
+                case[key] = getattr(args, key)
+        rows += run(device, **case, compile_on_cpu=args.compile_on_cpu,
+                    device_name=device_name(device))
     report("train", device, rows, markdown, args.json)
 
 

@@ -10,31 +10,16 @@ import random
 import torch
 from torch import nn
 
+from ._io import atomic_open
 from .models import build_model
 
 FORMAT = "fastadv-checkpoint/1"
 
 
 def save_atomic(obj, path: str) -> None:
-    """torch.save to a temp file beside ``path``, fsync, then rename over it: a reader (or a
-    run resumed after a kill) sees the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # permissions from the umask, like any other output
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    """torch.save through a temp file, fsync and rename (:func:`fastadv._io.atomic_open`)."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def rng_state() -> dict:
@@ -48,7 +33,9 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A machine with fewer GPUs than the one that saved: restore the ones it has.
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -67,11 +54,16 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_model(path: str, device: str | torch.device | None = None) -> nn.Module:
-    """The model a ``python -m fastadv.train`` checkpoint holds (``last.pt`` or ``best.pt``),
-    rebuilt from its recorded architecture, in eval mode, on ``device`` (default: CPU),
-    taking inputs ``[B, C, H, W]`` in [0, 1] (it normalises inside)."""
-    ckpt = load_checkpoint(path)
+def model_from_checkpoint(ckpt: dict, device: str | torch.device | None = None) -> nn.Module:
+    """The model of a loaded checkpoint, rebuilt from its recorded architecture, in eval
+    mode, on ``device`` (default: CPU)."""
     model = build_model(**ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     return model.to(device or "cpu").eval()
+
+
+def load_model(path: str, device: str | torch.device | None = None) -> nn.Module:
+    """The model a ``python -m fastadv.train`` checkpoint holds (``last.pt`` or ``best.pt``),
+    in eval mode, on ``device`` (default: CPU), taking inputs ``[B, C, H, W]`` in [0, 1]
+    (it normalises inside)."""
+    return model_from_checkpoint(load_checkpoint(path), device)

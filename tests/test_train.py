@@ -151,7 +151,27 @@ def test_resume_finished_run_and_changed_settings(tmp_path):
 
     bad = run_cli("--resume", "--out", out, "--eps", "0.1")
     assert bad.returncode != 0 and "--eps" in bad.stderr and "other settings" in bad.stderr
+    # A flag typed with its parser default is still a change (the run used --width 1).
+    bad = run_cli("--resume", "--out", out, "--seed", "0", "--precision", "bf16")
+    assert bad.returncode != 0 and "--precision" in bad.stderr
     assert same_weights(before, weights(os.path.join(out, "last.pt")))
+
+
+def test_pending_best_checkpoint_is_settled_on_resume(tmp_path):
+    """A kill between writing best.pt.pending and committing last.pt: on resume the pending
+    file becomes best.pt if last.pt reached its epoch, and is dropped otherwise."""
+    from fastadv.train.loop import _settle_pending_best
+
+    pending, best = str(tmp_path / "best.pt.pending"), str(tmp_path / "best.pt")
+    for pending_epoch, last_epoch, kept in ((3, 3, True), (3, 2, False)):
+        save_atomic({"format": "fastadv-checkpoint/1", "progress": {"epoch": pending_epoch}},
+                    pending)
+        _settle_pending_best(pending, best, {"progress": {"epoch": last_epoch}})
+        assert not os.path.exists(pending)
+        assert os.path.exists(best) == kept
+        if kept:
+            assert load_checkpoint(best)["progress"]["epoch"] == 3
+            os.remove(best)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -228,7 +248,8 @@ def test_load_model_rejects_foreign_and_missing_files(tmp_path):
     (["--eps", "eight"], "expected a number"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--width", "2", "--model", "preact-resnet18"], "--width applies to"),
-])
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
 def test_bad_flags_exit_nonzero_with_a_clear_message(tmp_path, args, message):
     out = tmp_path / "run"
     result = run_cli(*args, "--out", str(out))

@@ -24,7 +24,8 @@ class GraphedPGD:
     def __init__(self, model: nn.Module, *, eps: float, alpha: float, steps: int,
                  norm: str = "linf", random_start: bool = True, loss: str = "ce",
                  targeted: bool = False, lower: float = 0.0, upper: float = 1.0,
-                 precision: str = "fp32", eval_mode: bool = True, warmup: int = 2):
+                 precision: str = "fp32", eval_mode: bool = True, warmup: int = 2,
+                 evaluate: bool = True):
         for name, value in (("eps", eps), ("alpha", alpha), ("lower", lower), ("upper", upper)):
             if isinstance(value, Tensor):
                 raise TypeError(f"{name} must be a float for a CUDA-graphed attack "
@@ -36,6 +37,7 @@ class GraphedPGD:
                            precision, None)
         self.eval_mode = eval_mode
         self.warmup = warmup
+        self.evaluate = evaluate  # False: no final forward; returns (x_adv, None, None)
         self._graphs: dict = {}
 
     def _key(self, x: Tensor, y: Tensor):
@@ -47,11 +49,11 @@ class GraphedPGD:
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up compiles kernels and checks the labels
             for _ in range(self.warmup):
-                attack_chunk(self.model, static_x, static_y, self.cfg)
+                attack_chunk(self.model, static_x, static_y, self.cfg, self.evaluate)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outputs = attack_chunk(self.model, static_x, static_y, self.cfg)
+            outputs = attack_chunk(self.model, static_x, static_y, self.cfg, self.evaluate)
         return graph, static_x, static_y, outputs
 
     def __call__(self, x: Tensor, y: Tensor):
@@ -68,7 +70,7 @@ class GraphedPGD:
             static_x.copy_(x)
             static_y.copy_(y)
             graph.replay()
-        return tuple(t.clone() for t in outputs)
+        return tuple(None if t is None else t.clone() for t in outputs)
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -87,14 +89,18 @@ def graphed_chunk_fn(model: nn.Module, x: Tensor, cfg: _Config):
     key = (cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start, cfg.loss, cfg.targeted,
            cfg.lower, cfg.upper, cfg.precision)
     per_model = _CACHE.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = GraphedPGD(model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
-                                    norm=cfg.norm, random_start=cfg.random_start, loss=cfg.loss,
-                                    targeted=cfg.targeted, lower=cfg.lower, upper=cfg.upper,
-                                    precision=cfg.precision, eval_mode=not model.training)
-    graphed = per_model[key]
 
-    def chunk_fn(x_c, y_c, _cfg, _evaluate):
-        return graphed(x_c, y_c)
+    def graphed(evaluate: bool) -> GraphedPGD:
+        # One graph with the final forward pass (restarts to compare) and one without.
+        if (key, evaluate) not in per_model:
+            per_model[key, evaluate] = GraphedPGD(
+                model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, norm=cfg.norm,
+                random_start=cfg.random_start, loss=cfg.loss, targeted=cfg.targeted,
+                lower=cfg.lower, upper=cfg.upper, precision=cfg.precision,
+                eval_mode=not model.training, evaluate=evaluate)
+        return per_model[key, evaluate]
+
+    def chunk_fn(x_c, y_c, _cfg, evaluate):
+        return graphed(evaluate)(x_c, y_c)
 
     return chunk_fn

@@ -77,9 +77,14 @@ def model_is_channels_last(model: nn.Module) -> bool:
     return False
 
 
-def _logits(model, x: Tensor, precision: str) -> Tensor:
+def precision_autocast(device_type: str, precision: str):
+    """The autocast context of ``precision`` ("fp32": none, "bf16": bfloat16)."""
     dtype = PRECISIONS[precision]
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
+def _logits(model, x: Tensor, precision: str) -> Tensor:
+    with precision_autocast(x.device.type, precision):
         logits = model(x)
     return logits.float()
 

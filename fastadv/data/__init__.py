@@ -104,7 +104,21 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
                    tuple(mean), tuple(std), augment)
 
 
+def load_run_dataset(config: dict, data_dir: str | None = None, *,
+                     download: bool = False) -> Dataset:
+    """The dataset a training run used, loaded as the trainer loaded it: the digits split and
+    the synthetic data depend on the run's seed and sizes, so its test split holds only
+    examples training never saw. ``config`` is a run's ``config.json`` (or a checkpoint's
+    ``"config"``); ``data_dir`` defaults to the run's."""
+    size = config.get("image_size", 32)
+    return load_dataset(config["dataset"], data_dir or config.get("data_dir"),
+                        download=download, seed=config.get("seed", 0),
+                        synthetic_shape=(3, size, size),
+                        synthetic_train=config.get("synthetic_train", 50_000),
+                        synthetic_test=config.get("synthetic_test", 10_000))
+
+
 __all__ = [
     "ChecksumError", "DATASETS", "DataFileError", "Dataset", "DatasetNotFoundError",
-    "DownloadError", "load_dataset", "random_crop_flip", "synthetic",
+    "DownloadError", "load_dataset", "load_run_dataset", "random_crop_flip", "synthetic",
 ]

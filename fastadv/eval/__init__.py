@@ -8,9 +8,10 @@ al.: evaluation with weak attacks gives false security), and an accuracy-vs-ε c
 where it collapses. torchattacks and matplotlib are imported only when used.
 """
 
+from .accuracy import clean_and_pgd_correct
 from .attacks import ATTACKS, AttackSettings, MissingDependency
 from .evaluation import DEFAULT_ATTACKS, evaluate
 from .report import AttackResult, Check, EvalReport
 
 __all__ = ["ATTACKS", "AttackResult", "AttackSettings", "Check", "DEFAULT_ATTACKS", "EvalReport",
-           "MissingDependency", "evaluate"]
+           "MissingDependency", "clean_and_pgd_correct", "evaluate"]

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from ..checkpoint import load_checkpoint, load_model
-from ..data import DATASETS, DatasetNotFoundError, load_dataset
+from ..data import DATASETS, DatasetNotFoundError, DownloadError, load_run_dataset
 from ..train.config import number
 from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, MissingDependency,
                       check_attacks, torchattacks)
@@ -141,17 +141,12 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--checkpoint: {exc}") from None
     cfg, model_args = ckpt.get("config", {}), ckpt.get("model_args", {})
     dataset = args.dataset or cfg.get("dataset")
-    need(dataset in DATASETS, f"--dataset: the checkpoint names no dataset; pass --dataset")
+    need(dataset in DATASETS, "--dataset: the checkpoint names no dataset; pass --dataset")
     eps = args.eps if args.eps is not None else cfg.get("eps")
     need(eps is not None, "--eps: the checkpoint records no training eps; pass --eps")
-    # The data seed is the training run's: it fixes the digits train/test split (and the
+    # The training run's seed and sizes: they fix the digits train/test split (and the
     # synthetic data), so the test examples are the ones training never saw.
-    data_seed = cfg.get("seed", 0)
-    image_size = cfg.get("image_size", 32)
-    data = load_dataset(dataset, args.data_dir or cfg.get("data_dir"), download=args.download,
-                        seed=data_seed, synthetic_shape=(3, image_size, image_size),
-                        synthetic_train=cfg.get("synthetic_train", 50_000),
-                        synthetic_test=cfg.get("synthetic_test", 10_000))
+    data = load_run_dataset({**cfg, "dataset": dataset}, args.data_dir, download=args.download)
     want = (model_args.get("in_channels"), model_args.get("image_size"),
             model_args.get("num_classes"))
     have = (data.shape[0], data.shape[1], data.num_classes)
@@ -174,7 +169,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         plan = prepare(args)
-    except (ValueError, MissingDependency, DatasetNotFoundError) as exc:
+    except (ValueError, MissingDependency, DatasetNotFoundError, DownloadError) as exc:
         p.error(str(exc))
     partial = args.json + ".partial" if args.json else None
     if args.resume and os.path.exists(partial):

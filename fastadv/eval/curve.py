@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-from .report import fmt_eps, write_atomic
+from .._io import write_atomic
+from .report import fmt_eps
 
 LINEAR_STEPS = 8  # ε/4 .. 2ε
 FALLBACK_BASE = 8 / 255  # the grid's unit when the evaluation's ε is 0

@@ -1,6 +1,6 @@
 """The evaluation report: a dataclass that round-trips through JSON (RobustBench-style fields:
 clean and robust accuracy, ε, threat model, examples, attack settings, versions, seconds),
-its printed tables, and an atomic JSON writer.
+its printed tables, written atomically.
 
 Per-example results are kept as strings of ``0``/``1``, one character per example (``1`` =
 classified correctly: clean, or still robust after that attack), so a 10 000-example
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
+
+from .._io import write_atomic
 
 FORMAT = "fastadv-eval/1"
 STATUSES = ("pass", "warn", "skipped")
@@ -169,23 +170,6 @@ def describe(values: dict) -> str:
             v = "[" + ", ".join(f"{x:.3g}" if isinstance(x, float) else str(x) for x in v) + "]"
         parts.append(f"{k}={v}")
     return ", ".join(parts)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename over it: a reader sees
-    the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def bits(flags) -> str:

@@ -14,6 +14,9 @@ import sys
 
 import torch
 
+from .. import _io as _shared
+from .._io import write_atomic
+
 
 class ExperimentError(ValueError):
     """Bad input to an experiment; the message names the argument (``--checkpoint`` ...)."""
@@ -41,22 +44,6 @@ def output_paths(prefix: str, flag: str = "--out") -> tuple[str, str]:
     return prefix + ".json", prefix + ".png"
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Temp file beside ``path``, fsync, rename: readers see the old file or the new one."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _finite(obj):
     """NaN/inf become None (JSON has no such numbers; json.dump would write invalid JSON)."""
     if isinstance(obj, float):
@@ -69,7 +56,7 @@ def _finite(obj):
 
 
 def save_json(obj, path: str) -> None:
-    _write_atomic(path, (json.dumps(_finite(obj), indent=1) + "\n").encode())
+    write_atomic(path, (json.dumps(_finite(obj), indent=1) + "\n").encode())
 
 
 def read_json(path: str, flag: str):
@@ -99,24 +86,17 @@ def new_figure(width: float, height: float):
 def save_figure(fig, path: str, dpi: int = 120) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- device, machine
 
 
 def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ExperimentError(f"{flag} must be cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ExperimentError(f"{flag} must be cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ExperimentError(f"{flag} {name}: this torch sees no CUDA device")
-    return device
+        return _shared.resolve_device(name, flag)
+    except ValueError as exc:
+        raise ExperimentError(str(exc)) from None
 
 
 def synchronize(device: torch.device) -> None:
@@ -124,24 +104,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
 def environment(device: torch.device) -> dict:
     """Where and with what the numbers were measured."""
     from .. import __version__
 
     return {
-        "device": device_name(device), "device_type": device.type,
+        "device": _shared.device_name(device), "device_type": device.type,
         "torch": torch.__version__, "fastadv": __version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -34,7 +34,7 @@ from ._io import ExperimentError
 METHODS = ("standard", "fgsm-rs", "pgd")
 METHOD_LABELS = {"standard": "natural training", "fgsm-rs": "FGSM training (random start)",
                  "pgd": "PGD training", "free": "free AT", "trades": "TRADES"}
-OWNED = ("--dataset", "--model", "--width", "--method", "--out", "--resume")
+OWNED = ("--dataset", "--model", "--width", "--method", "--out", "--resume", "--seed")
 
 
 def run_dir(out: str, method: str, width: int) -> str:
@@ -108,7 +108,7 @@ def _finished(cfg) -> bool:
 def train_run(cfg) -> str:
     """Trains (or resumes, or reuses) one run; its stdout goes to RUN/train.log. Returns
     'reused', 'resumed' or 'trained'."""
-    from ..data import DatasetNotFoundError
+    from ..data import DatasetNotFoundError, DownloadError
     from ..train import train
 
     if _finished(cfg):
@@ -121,7 +121,7 @@ def train_run(cfg) -> str:
         with open(os.path.join(cfg.out, "train.log"), "a") as log, \
                 contextlib.redirect_stdout(log):
             train(cfg)
-    except DatasetNotFoundError as exc:
+    except (DatasetNotFoundError, DownloadError) as exc:
         raise ExperimentError(f"--data-dir: {exc}") from None
     except ValueError as exc:
         raise ExperimentError(f"{cfg.out}: {exc}") from None
@@ -132,19 +132,13 @@ def evaluate(path: str, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: 
              restarts: int, seed: int, batch: int = 500) -> dict:
     """Clean and PGD accuracy (l-inf eps, alpha = 2.5 eps / steps, ``restarts`` random
     starts, the worst kept) of the model in checkpoint ``path`` on (x, y)."""
-    from .. import load_model, pgd
+    from .. import load_model
+    from ..eval import clean_and_pgd_correct
 
-    device = x.device
-    model = load_model(path, device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    clean = robust = 0
-    for xb, yb in zip(x.split(batch), y.split(batch)):
-        with torch.no_grad():
-            clean += (model(xb).argmax(1) == yb).sum().item()
-        x_adv = pgd(model, xb, yb, eps=eps, alpha=2.5 * eps / steps, steps=steps,
-                    restarts=restarts, generator=gen)
-        with torch.no_grad():
-            robust += (model(x_adv).argmax(1) == yb).sum().item()
+    model = load_model(path, x.device)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    clean, robust = clean_and_pgd_correct(model, x, y, eps=eps, steps=steps, restarts=restarts,
+                                          batch_size=batch, generator=gen)
     params = sum(p.numel() for p in model.parameters())
     return {"clean_acc": clean / len(y), "pgd_acc": robust / len(y), "params": params}
 
@@ -169,7 +163,7 @@ def run(dataset: str = "digits", widths=(1, 2, 4, 8, 16), methods=METHODS, *,
         progress: bool = True) -> dict:
     """Trains every width x method (reusing finished runs) and evaluates each final model;
     returns the JSON-ready table."""
-    from ..data import DatasetNotFoundError, load_dataset
+    from ..data import DatasetNotFoundError, DownloadError, load_run_dataset
     from ..train.config import DATASET_DEFAULTS
 
     if dataset not in DATASET_DEFAULTS:
@@ -194,12 +188,9 @@ def run(dataset: str = "digits", widths=(1, 2, 4, 8, 16), methods=METHODS, *,
             for w in widths for m in methods]  # every config checked before any training
     cfg0 = runs[0][2]
     eval_steps = eval_steps or DATASET_DEFAULTS[dataset]["steps"]
-    try:
-        data = load_dataset(dataset, cfg0.data_dir, download=cfg0.download, seed=seed,
-                            synthetic_shape=(3, cfg0.image_size, cfg0.image_size),
-                            synthetic_train=cfg0.synthetic_train,
-                            synthetic_test=cfg0.synthetic_test)
-    except DatasetNotFoundError as exc:
+    try:  # the runs' own split (their seed), so no test example was trained on
+        data = load_run_dataset(cfg0.to_dict(), download=cfg0.download)
+    except (DatasetNotFoundError, DownloadError, ValueError) as exc:
         raise ExperimentError(f"--data-dir: {exc}") from None
     n = min(n_examples or len(data.y_test), len(data.y_test))
     x_test, y_test = data.x_test[:n].to(dev), data.y_test[:n].to(dev)

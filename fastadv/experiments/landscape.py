@@ -32,8 +32,7 @@ from tqdm.auto import tqdm
 
 from ..attacks import attack_mode
 from ..attacks.pgd import _Config, attack_chunk
-from ..checkpoint import load_checkpoint
-from ..models import build_model
+from ..checkpoint import load_checkpoint, model_from_checkpoint
 from . import _io
 from ._io import ExperimentError
 
@@ -62,19 +61,18 @@ def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:
             ckpt = load_checkpoint(path)
         except (FileNotFoundError, ValueError) as exc:
             raise ExperimentError(f"--checkpoint: {exc}") from None
-        model = build_model(**ckpt["model_args"])
-        model.load_state_dict(ckpt["model"])
+        model = model_from_checkpoint(ckpt, device)
         cfg = ckpt["config"]
         run = os.path.basename(os.path.dirname(os.path.abspath(path)))
         label = f"{cfg['method']} training ({run})"
-        models.append(LoadedModel(path, label, cfg, model.to(device).eval()))
+        models.append(LoadedModel(path, label, cfg, model))
     return models
 
 
 def load_test_split(models: list[LoadedModel], dataset: str | None, data_dir: str | None):
     """The test split of the checkpoints' dataset (all must share it), as the trainer loaded
     it (the digits split and synthetic data depend on the run's seed)."""
-    from ..data import DatasetNotFoundError, load_dataset
+    from ..data import DatasetNotFoundError, DownloadError, load_run_dataset
 
     first = models[0].config
     for m in models[1:]:
@@ -86,13 +84,8 @@ def load_test_split(models: list[LoadedModel], dataset: str | None, data_dir: st
         raise ExperimentError(f"--dataset {dataset}: the checkpoints were trained on "
                               f"{first['dataset']}")
     try:
-        data = load_dataset(first["dataset"], data_dir or first.get("data_dir"),
-                            seed=first.get("seed", 0),
-                            synthetic_shape=(3, first.get("image_size", 32),
-                                             first.get("image_size", 32)),
-                            synthetic_train=first.get("synthetic_train", 50_000),
-                            synthetic_test=first.get("synthetic_test", 10_000))
-    except DatasetNotFoundError as exc:
+        data = load_run_dataset(first, data_dir)
+    except (DatasetNotFoundError, DownloadError, ValueError) as exc:
         raise ExperimentError(f"--data-dir: {exc}") from None
     return data
 

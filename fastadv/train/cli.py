@@ -23,7 +23,7 @@ def config_from_args(argv=None) -> TrainConfig:
         saved = load_checkpoint(os.path.join(args.out, "last.pt"))["config"]
         # The saved run's settings, with the flags given now on top (the trainer refuses
         # changes that would alter the result).
-        values = {**saved, **{k: getattr(args, k) for k in explicit_flags(args, p)},
+        values = {**saved, **{k: getattr(args, k) for k in explicit_flags(argv, p)},
                   "out": args.out, "resume": True}
         cfg = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
         check(cfg)

@@ -4,6 +4,7 @@ bad input into a clear error before anything is written."""
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ DATASET_DEFAULTS = {
 }
 
 # Changing these between a run and its resume does not change what is computed.
-RESUMABLE = ("out", "resume", "device", "data_dir", "download", "progress", "compile")
+RESUMABLE = ("out", "resume", "device", "data_dir", "download", "progress", "compile",
+             "save_every")
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,8 @@ def parser() -> argparse.ArgumentParser:
     a("--resume", action="store_true", help="continue the run in --out from its last.pt")
     a("--eval-every", type=int, default=1, help="evaluate on the held-out split every N epochs")
     a("--eval-steps", type=int, help="PGD steps of that evaluation (default: --steps)")
-    a("--eval-examples", type=int, help="examples of each split evaluated (train subset and "
-                                        "validation)")
+    a("--eval-examples", type=int, help="training examples evaluated each time (a fixed subset; "
+                                        "the validation split is evaluated whole)")
     a("--val-size", type=int, help="training examples held out for validation (early stopping)")
     a("--save-every", type=int, default=0,
       help="also write last.pt every N optimizer steps, mid-epoch (0: at epoch ends only)")
@@ -161,9 +163,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def explicit_flags(args: argparse.Namespace, p: argparse.ArgumentParser) -> set[str]:
-    """The flags the user gave (those differing from the parser's defaults)."""
-    return {k for k, v in vars(args).items() if v != p.get_default(k)}
+def explicit_flags(argv, p: argparse.ArgumentParser) -> set[str]:
+    """The flags the user typed (even when equal to a default): ``argv`` parsed again with
+    every default suppressed."""
+    quiet = copy.deepcopy(p)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv)))
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .._io import resolve_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -28,16 +30,11 @@ class Context:
 def setup(device: str | None) -> Context:
     """The process's rank and device. Under torchrun (WORLD_SIZE set) it joins the process
     group; a CUDA device becomes the local rank's GPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
     if world_size == 1:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
         return Context(0, 1, dev)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
@@ -60,6 +57,24 @@ def all_sum(ctx: Context, values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_gather(ctx: Context, obj) -> list:
+    """Every rank's ``obj`` as a list, on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(ctx: Context, module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: DDP syncs them at the
+    start of each forward, so after the last step of an epoch each rank still holds its own;
+    evaluation and the checkpoint must see rank 0's, the ones saved."""
+    if ctx.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def gather_to_main(ctx: Context, obj):

@@ -19,13 +19,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import attacks
-from ..checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
-from ..data import load_dataset, random_crop_flip
+from .._io import write_atomic, write_json
+from ..checkpoint import (FORMAT, load_checkpoint, model_from_checkpoint, rng_state, save_atomic,
+                          set_rng_state)
+from ..data import load_run_dataset, random_crop_flip
+from ..eval.accuracy import clean_and_pgd_correct
 from ..models import build_model
 from . import distributed
 from .config import RESUMABLE, TrainConfig, check_out_dir
-from .methods import autocast, make_method
+from .methods import make_method
 from .schedule import scheduler
 
 
@@ -47,9 +49,7 @@ class Splits:
 def load_splits(cfg: TrainConfig, device: torch.device):
     """The dataset on ``device``, its training set split by ``seed`` into train and a
     held-out validation split (model selection never sees the test set)."""
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, seed=cfg.seed,
-                        synthetic_shape=(3, cfg.image_size, cfg.image_size),
-                        synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
+    data = load_run_dataset(cfg.to_dict(), download=cfg.download)
     n = len(data.y_train)
     if cfg.val_size >= n:
         raise ValueError(f"--val-size {cfg.val_size} leaves no training data ({n} examples)")
@@ -80,18 +80,11 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> Tensor:
 def clean_and_robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
                               ctx: distributed.Context, precision: str, batch_size: int):
     """(clean accuracy, PGD-k accuracy) at ε with α = 2.5ε/k (Madry et al.), one random start,
-    the model in eval mode; examples sharded across ranks, counts summed."""
-    x, y = x[ctx.rank::ctx.world_size], y[ctx.rank::ctx.world_size]
-    clean = robust = 0
-    alpha = 2.5 * cfg.eps / cfg.eval_steps
-    with attacks.attack_mode(model):
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            with torch.no_grad(), autocast(xb.device, precision):
-                clean += (model(xb).argmax(1) == yb).sum().item()
-            x_adv = attacks.pgd(model, xb, yb, eps=cfg.eps, alpha=alpha, steps=cfg.eval_steps,
-                                precision=precision)
-            with torch.no_grad(), autocast(xb.device, precision):
-                robust += (model(x_adv).argmax(1) == yb).sum().item()
+    the model in eval mode; examples split across ranks (dense slices, so the fused op takes
+    its fast path), counts summed."""
+    x, y = x.tensor_split(ctx.world_size)[ctx.rank], y.tensor_split(ctx.world_size)[ctx.rank]
+    clean, robust = clean_and_pgd_correct(model, x, y, eps=cfg.eps, steps=cfg.eval_steps,
+                                          batch_size=batch_size, precision=precision)
     clean, robust, count = distributed.all_sum(ctx, [clean, robust, len(y)])
     return clean / max(count, 1), robust / max(count, 1)
 
@@ -184,6 +177,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     device = ctx.device
     if cfg.cuda_graph and device.type != "cuda":
         raise ValueError(f"--cuda-graph needs a CUDA device, got {device}")
+    if cfg.sync_bn and ctx.distributed and device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernels)")
     if cfg.batch_size % ctx.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over the "
                          f"{ctx.world_size} ranks")
@@ -219,8 +214,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     # ---- resume, or start the run directory
     progress = Progress()
     last, best = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
+    pending = best + ".pending"
     if cfg.resume:
         ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
+        if ctx.is_main:
+            _settle_pending_best(pending, best, ckpt)
         check_resumable(ckpt["config"], cfg)
         unwrap(raw).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -244,8 +242,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     else:
         if ctx.is_main:
             os.makedirs(cfg.out, exist_ok=True)
-            save_atomic_json({**cfg.to_dict(), "world_size": ctx.world_size,
-                              "model_args": args}, os.path.join(cfg.out, "config.json"))
+            write_json(os.path.join(cfg.out, "config.json"),
+                       {**cfg.to_dict(), "world_size": ctx.world_size, "model_args": args})
             _write_history(cfg.out, [])
         torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank)  # per-rank attack/augment noise
     distributed.barrier(ctx)
@@ -260,7 +258,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
         path, ctx, cfg, args, raw, optimizer, sched, progress, method)
     local_batch = cfg.batch_size // ctx.world_size
     for epoch in range(progress.epoch, cfg.epochs):
-        order = batch_order(len(s.y_train), cfg.batch_size, cfg.seed, epoch)
+        # On the device once per epoch: a host-to-device copy per step would wait for the GPU.
+        order = batch_order(len(s.y_train), cfg.batch_size, cfg.seed, epoch).to(device)
         bar = tqdm(total=steps_per_epoch, initial=progress.step_in_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    disable=not (ctx.is_main and cfg.progress), dynamic_ncols=True)
@@ -268,7 +267,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
         _sync(device)
         started = time.perf_counter()
         for i in range(progress.step_in_epoch, steps_per_epoch):
-            idx = order[i, ctx.rank * local_batch:(ctx.rank + 1) * local_batch].to(device)
+            idx = order[i, ctx.rank * local_batch:(ctx.rank + 1) * local_batch]
             x, y = s.x_train[idx], s.y_train[idx]
             if data.augment:
                 x = random_crop_flip(x)
@@ -306,6 +305,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
         loss_sum, correct, seen, images = distributed.all_sum(
             ctx, [progress.loss_sum, progress.correct, progress.seen, progress.images])
         seconds = max(distributed.all_sum(ctx, [progress.seconds])[0] / ctx.world_size, 1e-9)
+        distributed.broadcast_buffers(ctx, raw)  # evaluate (and save) rank 0's BN statistics
         record = {"epoch": epoch + 1, "step": progress.global_step,
                   "lr": optimizer.param_groups[0]["lr"], "loss": loss_sum / seen,
                   "batch_acc": correct / seen, "images_per_s": images / seconds,
@@ -328,9 +328,13 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
         progress.history.append(record)
         progress.epoch = epoch + 1
         progress.reset_epoch()
+        # best.pt is committed only after last.pt: a kill in between resumes this epoch's
+        # end from the previous last.pt, and _settle_pending_best decides on the pending one.
         if record.get("best"):
-            checkpoint(best)
+            checkpoint(pending)
         checkpoint(last)
+        if record.get("best") and ctx.is_main:
+            os.replace(pending, best)
         if ctx.is_main:
             _append_history(cfg.out, record)
             if not cfg.progress:
@@ -340,7 +344,20 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     _check_ranks_agree(ctx, raw)
 
     # ---- final report on the test set
-    return final_report(cfg, ctx, s, args, progress.history, local_batch)
+    return final_report(cfg, ctx, s, progress.history, local_batch)
+
+
+def _settle_pending_best(pending: str, best: str, last_ckpt: dict) -> None:
+    """A best.pt.pending left by a kill between writing it and committing last.pt: it is the
+    best checkpoint if last.pt got to its epoch (then only the rename was missed), else that
+    epoch will be redone and the pending file is stale."""
+    if not os.path.exists(pending):
+        return
+    done = load_checkpoint(pending)["progress"]["epoch"] == last_ckpt["progress"]["epoch"]
+    if done:
+        os.replace(pending, best)
+    else:
+        os.remove(pending)
 
 
 def _to_floats(progress: Progress) -> None:
@@ -356,12 +373,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _check_ranks_agree(ctx: distributed.Context, raw: nn.Module) -> None:
-    """DDP keeps every rank's weights identical; a cheap check that it did."""
+    """DDP keeps every rank's weights identical; a cheap check that it did (every rank
+    raises, so none is left waiting in a collective)."""
     if not ctx.distributed:
         return
     total = sum(p.detach().double().sum().item() for p in raw.parameters())
-    sums = distributed.gather_to_main(ctx, total)
-    if ctx.is_main and len(set(sums)) != 1:
+    sums = distributed.all_gather(ctx, total)
+    if len(set(sums)) != 1:
         raise RuntimeError(f"ranks ended with different weights (parameter sums {sums})")
 
 
@@ -375,7 +393,7 @@ def _epoch_line(r: dict, epochs: int) -> str:
     return line
 
 
-def final_report(cfg, ctx, s: Splits, args, history, local_batch) -> dict:
+def final_report(cfg, ctx, s: Splits, history, local_batch) -> dict:
     """Test-set clean and PGD accuracy of best.pt and last.pt (fp32), as results.json and a
     table."""
     rows = []
@@ -384,10 +402,9 @@ def final_report(cfg, ctx, s: Splits, args, history, local_batch) -> dict:
         if not os.path.exists(path):
             continue
         ckpt = load_checkpoint(path)
-        model = build_model(**args).to(ctx.device)
-        model.load_state_dict(ckpt["model"])
-        clean, robust = clean_and_robust_accuracy(model.eval(), s.x_test, s.y_test, cfg, ctx,
-                                                  "fp32", 4 * local_batch)
+        clean, robust = clean_and_robust_accuracy(model_from_checkpoint(ckpt, ctx.device),
+                                                  s.x_test, s.y_test, cfg, ctx, "fp32",
+                                                  4 * local_batch)
         rows.append({"checkpoint": name, "epoch": ckpt["progress"]["epoch"], "test_clean_acc": clean,
                      "test_robust_acc": robust})
     summary = {
@@ -399,7 +416,7 @@ def final_report(cfg, ctx, s: Splits, args, history, local_batch) -> dict:
         "checkpoints": rows,
     }
     if ctx.is_main:
-        save_atomic_json(summary, os.path.join(cfg.out, "results.json"))
+        write_json(os.path.join(cfg.out, "results.json"), summary)
         print(summary_table(summary))
     return summary
 
@@ -421,25 +438,11 @@ def summary_table(summary: dict) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def save_atomic_json(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_history(out: str, history: list) -> None:
     """metrics.jsonl rewritten from a checkpoint's history: lines a killed run appended
     after its last checkpoint are dropped, so no epoch appears twice."""
-    tmp = os.path.join(out, "metrics.jsonl.tmp")
-    with open(tmp, "w") as f:
-        for record in history:
-            f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(out, "metrics.jsonl"))
+    write_atomic(os.path.join(out, "metrics.jsonl"),
+                 "".join(json.dumps(record) + "\n" for record in history).encode())
 
 
 def _append_history(out: str, record: dict) -> None:

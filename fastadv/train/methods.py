@@ -12,20 +12,17 @@ between, so a method can read gradients the backward left (free AT's input gradi
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import attacks, ops
+from ..attacks.pgd import precision_autocast
 from .config import TrainConfig
 
 
 def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return precision_autocast(device.type, precision)
 
 
 class Method:
