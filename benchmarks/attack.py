@@ -24,7 +24,7 @@ import fastadv
 from fastadv.data import synthetic
 from fastadv.models import CIFAR10_MEAN, CIFAR10_STD, PreActResNet18, SmallCNN, build_model
 
-from .common import report, time_fn
+from .common import device_name, peak_tflops, report, selected_cases, time_fn
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -189,7 +189,7 @@ def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_step
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
     flops = 2 * steps * forward_flops_per_image(model)
-    peak = _peak_tflops(device_name)
+    peak = peak_tflops(device_name)
     rows = []
     cases = [(steps, 1, implementations(model, steps, device), "eager loop (fp32, loss.backward)")]
     if eval_restarts:
@@ -211,12 +211,6 @@ def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_step
                             robust, clean))
     model.to(memory_format=torch.contiguous_format)
     return rows
-
-
-def _peak_tflops(device_name: str):
-    from .train import peak_tflops
-
-    return peak_tflops(device_name)
 
 
 def _ratio(value):
@@ -268,16 +262,8 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    from .common import device_name
-
-    rows = []
-    for case in cases(device, args.quick):
-        if args.model and case["model_name"] not in args.model:
-            continue
-        for key in ("batch", "steps", "repeats", "eval_steps", "eval_restarts", "max_batch"):
-            if getattr(args, key) is not None:
-                case[key] = getattr(args, key)
-        rows += run(device, **case, device_name=device_name(device))
+    rows = [row for case in selected_cases(cases(device, args.quick), args)
+            for row in run(device, **case, device_name=device_name(device))]
     report("attack", device, rows, markdown, args.json)
 
 

@@ -71,6 +71,29 @@ def environment(device: torch.device, module: str) -> dict:
     }
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets; the first name found in
+# the device's name wins, so the PCIe and NVL variants come before the SXM parts.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
+                    ("H200", 989.4), ("A100", 312.0))
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU by name, for model-FLOP utilisation (None if unknown)."""
+    return next((v for k, v in BF16_PEAK_TFLOPS if k in device_name), None)
+
+
+def selected_cases(cases: list[dict], args) -> list[dict]:
+    """The suite's cases for the models in ``args.model`` (all when not given), with every
+    case setting that ``args`` also holds (not None) taken from ``args``."""
+    chosen = []
+    for case in cases:
+        if args.model and case["model_name"] not in args.model:
+            continue
+        chosen.append({k: v if getattr(args, k, None) is None else getattr(args, k)
+                       for k, v in case.items()})
+    return chosen
+
+
 def report(suite: str, device: torch.device, rows: list, markdown, json_path: str | None) -> None:
     """Print the suite's table (with device, versions and date) and write its JSON."""
     env = environment(device, f"benchmarks.{suite}")

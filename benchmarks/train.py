@@ -37,20 +37,10 @@ from fastadv.models import build_model
 from fastadv.train import TrainConfig, train
 
 from .attack import eager_pgd
-from .common import report
+from .common import device_name, peak_tflops, report, selected_cases
 
 EPS, ALPHA = 8 / 255, 2 / 255
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-
-# Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets; the first name found in
-# the device's name wins, so the PCIe and NVL variants come before the SXM parts.
-BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
-                    ("H200", 989.4), ("A100", 312.0))
-
-
-def peak_tflops(device_name: str) -> float | None:
-    return next((v for k, v in BF16_PEAK_TFLOPS if k in device_name), None)
-
 
 def forward_flops_per_image(model_name: str, shape=(3, 32, 32)) -> float:
     model = build_model(model_name, in_channels=shape[0], image_size=shape[1], mean=MEAN,
@@ -237,17 +227,9 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    from .common import device_name
-
-    rows = []
-    for case in cases(device, args.quick):
-        if args.model and case["model_name"] not in args.model:
-            continue
-        for key in ("images", "batch", "steps", "epochs"):
-            if getattr(args, key) is not None:
-                case[key] = getattr(args, key)
-        rows += run(device, **case, compile_on_cpu=args.compile_on_cpu,
-                    device_name=device_name(device))
+    rows = [row for case in selected_cases(cases(device, args.quick), args)
+            for row in run(device, **case, compile_on_cpu=args.compile_on_cpu,
+                           device_name=device_name(device))]
     report("train", device, rows, markdown, args.json)
 
 

@@ -87,26 +87,6 @@ class PreActResNet18(nn.Module):
         return self.linear(out)
 
 
-class WideBasicBlock(nn.Module):
-    """BN-ReLU-conv3x3 twice, the wide ResNet's pre-activation block."""
-
-    def __init__(self, in_planes, planes, stride):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
-
-
 class WideResNet(nn.Module):
     """Zagoruyko & Komodakis' wide ResNet; WRN-34-10 (46M parameters, ~13 GFLOP per 32x32
     image forward) is the capacity Madry et al. and TRADES train CIFAR-10 with."""
@@ -123,7 +103,8 @@ class WideResNet(nn.Module):
         layers, in_planes = [], widths[0]
         for planes, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(blocks):
-                layers.append(WideBasicBlock(in_planes, planes, stride if i == 0 else 1))
+                # The wide ResNet's block is the pre-activation block (BN-ReLU-conv twice).
+                layers.append(PreActBlock(in_planes, planes, stride if i == 0 else 1))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(in_planes)
