@@ -7,27 +7,27 @@ import torch
 import fastadv
 from fastadv import backends
 
-from .op import EPS, ALPHA, QUICK_SHAPES, SHAPES, eager_linf_step, make_state
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-CASES = [(d, s) for d in DEVICES for s in QUICK_SHAPES]
+from .op import ALPHA, EPS, SHAPES, eager_linf_step, make_state
 
 
-@pytest.mark.parametrize("device, shape", CASES)
-def test_copy(benchmark, device, shape):
+def test_copy(benchmark, op_case):
+    device, shape = op_case
     x_adv, _, _ = make_state(SHAPES[shape], device)
     dst = torch.empty_like(x_adv)
     benchmark(dst.copy_, x_adv)
 
 
-@pytest.mark.parametrize("device, shape", CASES)
-def test_eager_step(benchmark, device, shape):
+def test_eager_step(benchmark, op_case):
+    device, shape = op_case
     benchmark(eager_linf_step, *make_state(SHAPES[shape], device))
 
 
-@pytest.mark.parametrize("device, shape", CASES)
-def test_fused_step(benchmark, monkeypatch, device, shape):
-    monkeypatch.setenv("FASTADV_BACKEND", backends.select(device))
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cpp", "torch"])
+def test_fused_step(benchmark, monkeypatch, op_case, backend):
+    device, shape = op_case
+    if backend not in backends.available(device):
+        pytest.skip(f"backend {backend} is not available on {device.type}")
+    monkeypatch.setenv("FASTADV_BACKEND", backend)
     x_adv, grad, x_nat = make_state(SHAPES[shape], device)
     expected = eager_linf_step(x_adv, grad, x_nat)
     fastadv.pgd_(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA)

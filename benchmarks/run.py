@@ -4,6 +4,12 @@ same run, written together as benchmarks/results/<device>-<date>.{json,md,png}.
     python -m benchmarks.run --suite all --device cuda            # the full suite on a GPU
     python -m benchmarks.run --suite all --device cpu --quick     # under 2 minutes (CI)
 
+A long GPU run can go in pieces (one model or suite per command) and be merged into one report:
+
+    python -m benchmarks.run --suite op --out /tmp/op
+    python -m benchmarks.run --suite attack --model preact-resnet18 --out /tmp/attack-prn18
+    python -m benchmarks.run --merge /tmp/op.json /tmp/attack-prn18.json ...
+
 Suites: ``op`` (pgd_ GB/s against a tensor copy and the eager formula), ``attack`` (PGD-10
 and PGD-50 x 10 evaluation images/s against torchattacks and an eager loop, with the ablation
 and the robust accuracy of each row), ``train`` (PGD-10 AT images/s against a plain eager
@@ -14,7 +20,6 @@ training loop, with the ablation). Each suite's own module runs it alone too
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 from dataclasses import asdict
@@ -28,14 +33,39 @@ SUITES = ("op", "attack", "train")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def run_suite(suite: str, device: torch.device, quick: bool) -> list:
+def run_suite(suite: str, device: torch.device, quick: bool, models=None) -> list:
     if suite == "op":
         shapes = op.QUICK_SHAPES if quick else tuple(op.SHAPES)
         return op.run(device, shapes, repeats=5 if quick else 30)
     module = {"attack": attack, "train": train}[suite]
     name = device_name(device)
     return [row for case in module.cases(device, quick)
+            if not models or case["model_name"] in models
             for row in module.run(device, **case, device_name=name)]
+
+
+ROWS = {"op": op.Row, "attack": attack.Row, "train": train.Row}
+
+
+def merge(paths: list[str]) -> tuple[dict, dict]:
+    """(env, {suite: rows}) of earlier results files, concatenated in the order given; they
+    must come from one device and one torch."""
+    envs, results = [], {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        envs.append(data)
+        for suite, rows in data["suites"].items():
+            results.setdefault(suite, []).extend(ROWS[suite](**r) for r in rows)
+    for key in ("device", "device_type", "torch"):
+        if len({e[key] for e in envs}) > 1:
+            raise SystemExit(f"--merge: the files come from different {key}s: "
+                             f"{sorted({e[key] for e in envs})}")
+    env = {k: v for k, v in envs[0].items() if k not in ("suites", "quick")}
+    env["command"] = [e["command"] for e in envs]
+    env["merged_from"] = [os.path.basename(p) for p in paths]
+    env["quick"] = any(e.get("quick") for e in envs)
+    return env, results
 
 
 MARKDOWN = {"op": op.markdown, "attack": attack.markdown, "train": train.markdown}
@@ -90,24 +120,36 @@ def main(argv=None):
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small cases (CI, < 2 min on CPU)")
+    parser.add_argument("--model", action="append", choices=attack.MODELS,
+                        help="only this model's attack and train cases (repeatable)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="write one report from earlier results files (no benchmarking)")
     parser.add_argument("--out", help="path prefix of the .json/.md/.png (default: "
                                       "benchmarks/results/<device>-<date>[-quick])")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    suites = SUITES if args.suite == "all" else (args.suite,)
-    env = environment(device, "benchmarks.run")
-    results = {}
-    for suite in suites:
-        results[suite] = run_suite(suite, device, args.quick)
-        print(MARKDOWN[suite](results[suite], env), "\n", flush=True)
-    date = datetime.date.today().isoformat()
+    if args.merge:
+        env, results = merge(args.merge)
+        device_type = env["device_type"]
+        for suite, rows in results.items():
+            print(MARKDOWN[suite](rows, env), "\n", flush=True)
+        quick = env.pop("quick")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available")
+        suites = SUITES if args.suite == "all" else (args.suite,)
+        env = environment(device, "benchmarks.run")
+        results = {}
+        for suite in suites:
+            results[suite] = run_suite(suite, device, args.quick, args.model)
+            print(MARKDOWN[suite](results[suite], env), "\n", flush=True)
+        device_type, quick = device.type, args.quick
+    date = env["date"][:10]
     prefix = args.out or os.path.join(
-        RESULTS, f"{device.type}-{date}" + ("-quick" if args.quick else ""))
+        RESULTS, f"{device_type}-{date}" + ("-quick" if quick else ""))
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     with open(prefix + ".json", "w") as f:
-        json.dump({**env, "quick": args.quick,
+        json.dump({**env, "quick": quick,
                    "suites": {s: [asdict(r) for r in rows] for s, rows in results.items()}},
                   f, indent=1)
     with open(prefix + ".md", "w") as f:

@@ -7,8 +7,8 @@ the test robust accuracy each run ends with (it must not move beyond run-to-run 
     python -m benchmarks.train --device cpu --quick
 
 Each implementation trains ``--epochs`` epochs (default 2) from the same initial weights; the
-images/s and seconds of the last epoch are reported (the first one pays for warm-up:
-compilation, cuDNN autotuning, CUDA-graph capture). Model FLOP utilisation uses the useful
+first epoch pays for warm-up (compilation, cuDNN autotuning, CUDA-graph capture) and is not
+timed; the min and median epoch seconds of the others are reported, images/s from the min. Model FLOP utilisation uses the useful
 FLOPs of PGD-k AT, (2k + 3) forward passes per image (each attack step is a forward and an
 input-only backward, the weight update a forward and a full backward), from each model's
 forward FLOPs counted by torch.utils.flop_counter; it is given against the device's dense
@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import fastadv
-from fastadv.data import random_crop_flip, synthetic
+from fastadv.data import load_dataset, random_crop_flip
 from fastadv.eval import clean_and_pgd_correct
 from fastadv.models import build_model
 from fastadv.train import TrainConfig, train
@@ -40,11 +41,10 @@ from .attack import eager_pgd
 from .common import device_name, peak_tflops, report, selected_cases
 
 EPS, ALPHA = 8 / 255, 2 / 255
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+
 
 def forward_flops_per_image(model_name: str, shape=(3, 32, 32)) -> float:
-    model = build_model(model_name, in_channels=shape[0], image_size=shape[1], mean=MEAN,
-                        std=STD).eval()
+    model = build_model(model_name, in_channels=shape[0], image_size=shape[1]).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.rand(2, *shape))
     return counter.get_total_flops() / 2
@@ -53,17 +53,25 @@ def forward_flops_per_image(model_name: str, shape=(3, 32, 32)) -> float:
 # --------------------------------------------------------------------------- the baseline
 
 
-def plain_loop(model_name, x_cpu, y_cpu, *, batch, epochs, steps, device, fused_op=False,
-               seed=0):
+def plain_loop(model_name, x_cpu, y_cpu, *, mean, std, batch, epochs, steps, device,
+               fused_op=False, input_grad_only=False, seed=0):
     """PGD-AT as common public code writes it: data on the host, augmented there and copied
     to the device per batch; fp32; the attack in train mode with its input gradient from
-    loss.backward() (which also computes every weight gradient); the step as eager kernels
-    (or, with fused_op, as fastadv.pgd_). Returns (model, seconds of each epoch)."""
+    loss.backward() (which also computes every weight gradient); the step as eager kernels.
+    fused_op: the step as fastadv.pgd_; input_grad_only: the attack as fastadv.pgd (still in
+    train mode), input gradients only. The model normalises with mean/std, the data's channel
+    statistics (as the trainer's does). Returns (model, seconds of each epoch)."""
     torch.manual_seed(seed)
-    model = build_model(model_name, mean=MEAN, std=STD).to(device)
+    model = build_model(model_name, mean=mean, std=std).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     step_fn = (lambda xa, g, xn: fastadv.pgd_(xa, g, xn, eps=EPS, alpha=ALPHA)) if fused_op \
         else None
+
+    def attack(x, y):
+        if input_grad_only:
+            return fastadv.pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=steps, eval_mode=False)
+        return eager_pgd(model, x, y, steps, step_fn)
+
     seconds = []
     n = len(y_cpu) // batch * batch
     for epoch in range(epochs):
@@ -74,7 +82,7 @@ def plain_loop(model_name, x_cpu, y_cpu, *, batch, epochs, steps, device, fused_
         for idx in order[:n].view(-1, batch):
             x = random_crop_flip(x_cpu[idx]).to(device)
             y = y_cpu[idx].to(device)
-            x_adv = eager_pgd(model, x, y, steps, step_fn)
+            x_adv = attack(x, y)
             loss = F.cross_entropy(model(x_adv), y)
             opt.zero_grad()
             loss.backward()
@@ -103,7 +111,7 @@ def fastadv_levels(device: torch.device, compile_on_cpu: bool) -> dict:
     # Like the plain loop, the attack runs with BatchNorm in train mode (batch statistics);
     # only the CUDA graph needs eval mode (fastadv's default), and its row says so.
     levels = {
-        "fastadv.train fp32 (input-only grads, fused op, data on device)": {"attack_bn": "train"},
+        "+ data and augmentation on device (fastadv.train fp32)": {"attack_bn": "train"},
         "+ bf16 autocast, channels_last": {"attack_bn": "train", "precision": "bf16",
                                            "channels_last": True},
     }
@@ -119,8 +127,8 @@ def fastadv_levels(device: torch.device, compile_on_cpu: bool) -> dict:
 
 def run_trainer(model_name, *, images, test_images, batch, epochs, steps, device, options,
                 seed=0):
-    """fastadv.train on synthetic CIFAR-shaped data; returns (last epoch's metrics,
-    (clean, robust) test accuracy of the last checkpoint)."""
+    """fastadv.train on synthetic CIFAR-shaped data; returns (every epoch's metrics, the
+    model of the last checkpoint)."""
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(dataset="synthetic", model=model_name, method="pgd", eps=EPS,
                           alpha=ALPHA, steps=steps, epochs=epochs, batch_size=batch,
@@ -132,9 +140,9 @@ def run_trainer(model_name, *, images, test_images, batch, epochs, steps, device
         with contextlib.redirect_stdout(io.StringIO()):
             train(cfg)
         with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
-            last = [json.loads(line) for line in f][-1]
+            epochs_metrics = [json.loads(line) for line in f]
         model = fastadv.load_model(os.path.join(cfg.out, "last.pt"), device)
-    return last, model
+    return epochs_metrics, model
 
 
 # --------------------------------------------------------------------------- the suite
@@ -147,8 +155,9 @@ class Row:
     batch: int
     steps: int
     impl: str
-    epoch_seconds: float
-    images_per_s: float
+    epoch_seconds: float  # min over the timed epochs (all but the first)
+    epoch_seconds_median: float
+    images_per_s: float  # from the min
     speedup_vs_plain: float
     tflops: float
     mfu_bf16: float | None
@@ -158,29 +167,38 @@ class Row:
 
 def run(device, model_name: str, images: int, batch: int, steps: int, epochs: int,
         compile_on_cpu: bool = False, device_name: str = "") -> list[Row]:
-    x_train, y_train = synthetic(images, (3, 32, 32), seed=1)
-    x_test, y_test = synthetic(512 if device.type == "cuda" else 128, (3, 32, 32), seed=2)
-    x_test, y_test = x_test.to(device), y_test.to(device)
+    # The trainer's synthetic data (seed 0: train stream 1, test stream 2), so every row
+    # trains on the same images and normalises with the same channel statistics.
+    data = load_dataset("synthetic", synthetic_train=images + 1,
+                        synthetic_test=512 if device.type == "cuda" else 128)
+    x_train, y_train = data.x_train[:images], data.y_train[:images]
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     useful = (2 * steps + 3) * forward_flops_per_image(model_name)
+    timed = slice(1 if epochs > 1 else 0, None)
+    n = len(y_train) // batch * batch
     results = {}
-    for name, fused in (("plain eager loop (fp32, loss.backward, host data)", False),
-                        ("+ fused op", True)):
-        model, seconds = plain_loop(model_name, x_train, y_train, batch=batch, epochs=epochs,
-                                    steps=steps, device=device, fused_op=fused)
-        n = len(y_train) // batch * batch
-        results[name] = (seconds[-1], n / seconds[-1], robust_accuracy(model, x_test, y_test))
+    plain_levels = {"plain eager loop (fp32, loss.backward, host data)": {},
+                    "+ fused op": {"fused_op": True},
+                    "+ input-only grads (fastadv.pgd)": {"input_grad_only": True}}
+    for name, options in plain_levels.items():
+        model, seconds = plain_loop(model_name, x_train, y_train, mean=data.mean, std=data.std,
+                                    batch=batch, epochs=epochs, steps=steps, device=device,
+                                    **options)
+        results[name] = (seconds[timed], robust_accuracy(model, x_test, y_test))
     for name, options in fastadv_levels(device, compile_on_cpu).items():
-        last, model = run_trainer(model_name, images=images, test_images=len(y_test),
-                                  batch=batch, epochs=epochs, steps=steps, device=device,
-                                  options=options)
-        results[name] = (last["seconds"], last["images_per_s"],
+        metrics, model = run_trainer(model_name, images=images, test_images=len(y_test),
+                                     batch=batch, epochs=epochs, steps=steps, device=device,
+                                     options=options)
+        results[name] = ([m["seconds"] for m in metrics][timed],
                          robust_accuracy(model, x_test, y_test))
-    base = next(iter(results.values()))[1]
+    base = n / min(next(iter(results.values()))[0])
     peak = peak_tflops(device_name)
     rows = []
-    for name, (seconds, ips, (clean, robust)) in results.items():
+    for name, (seconds, (clean, robust)) in results.items():
+        ips = n / min(seconds)
         tflops = ips * useful / 1e12
-        rows.append(Row(model_name, images, batch, steps, name, seconds, ips, ips / base, tflops,
+        rows.append(Row(model_name, images, batch, steps, name, min(seconds),
+                        statistics.median(seconds), ips, ips / base, tflops,
                         None if peak is None else tflops / peak, clean, robust))
     return rows
 
@@ -188,13 +206,15 @@ def run(device, model_name: str, images: int, batch: int, steps: int, epochs: in
 def markdown(rows: list[Row], env: dict) -> str:
     lines = [f"PGD adversarial training throughput on {env['device']}, torch {env['torch']}, "
              f"{env['date'][:10]}", "",
-             "| model | images | batch | PGD | impl | epoch s | images/s | vs plain loop "
+             "| model | images | batch | PGD | impl | epoch s (min) | epoch s (median) "
+             "| images/s | vs plain loop "
              "| TFLOP/s | MFU (bf16 peak) | clean acc | robust acc |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mfu = "—" if r.mfu_bf16 is None else f"{r.mfu_bf16:.1%}"
         lines.append(f"| {r.model} | {r.images} | {r.batch} | {r.steps} | {r.impl} "
-                     f"| {r.epoch_seconds:.2f} | {r.images_per_s:.1f} | {r.speedup_vs_plain:.2f}× "
+                     f"| {r.epoch_seconds:.2f} | {r.epoch_seconds_median:.2f} "
+                     f"| {r.images_per_s:.1f} | {r.speedup_vs_plain:.2f}× "
                      f"| {r.tflops:.3f} | {mfu} | {r.clean_accuracy:.1%} "
                      f"| {r.robust_accuracy:.1%} |")
     return "\n".join(lines)
@@ -204,7 +224,7 @@ def cases(device: torch.device, quick: bool) -> list[dict]:
     """One dict of run() arguments per model. The CPU sizes keep a full CPU run to minutes;
     the GPU's are the DESIGN's (a CIFAR-sized epoch, batch 512, PGD-10)."""
     if quick:
-        return [dict(model_name="small-cnn", images=256, batch=64, steps=5, epochs=2)]
+        return [dict(model_name="small-cnn", images=512, batch=64, steps=5, epochs=2)]
     if device.type == "cuda":
         return [dict(model_name=m, images=50_000, batch=512, steps=10, epochs=2)
                 for m in ("small-cnn", "preact-resnet18", "wrn-34-10")]
@@ -223,7 +243,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="epochs per implementation (last timed)")
     parser.add_argument("--compile-on-cpu", action="store_true",
                         help="also time torch.compile on the CPU (minutes of compilation)")
-    parser.add_argument("--quick", action="store_true", help="small CNN, 256 images, PGD-5")
+    parser.add_argument("--quick", action="store_true", help="small CNN, 512 images, PGD-5")
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -40,6 +40,10 @@ def set_rng_state(state: dict) -> None:
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """A fastadv checkpoint as a dict; a clear error for a missing file or a foreign one."""
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint {path!r} is a directory; a run's checkpoints are "
+                                f"{os.path.join(path, 'best.pt')} and "
+                                f"{os.path.join(path, 'last.pt')}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:

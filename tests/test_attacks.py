@@ -110,7 +110,7 @@ def test_no_weight_gradients_under_compile(digits):
 def test_batched_restarts_at_least_as_strong_as_sequential(digits):
     model, x, y = digits
     torch.manual_seed(1)
-    batched = robust(model, x, y, restarts=4)
+    batched = robust(model, x, y, restarts=4, max_batch=4 * len(y))  # all 4×B rows at once
     sequential_fooled = torch.zeros(len(y), dtype=torch.bool)
     for _ in range(4):
         x_adv = fastadv.pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=STEPS)
@@ -118,6 +118,21 @@ def test_batched_restarts_at_least_as_strong_as_sequential(digits):
             sequential_fooled |= model(x_adv).argmax(1) != y
     sequential = 1 - sequential_fooled.float().mean().item()
     assert batched <= sequential + TOL, (batched, sequential)
+
+
+def test_cpu_default_batches_restarts_up_to_max_of_batch_and_64(digits):
+    model, x, y = digits
+    rows = []
+
+    def recording(inp):
+        rows.append(len(inp))
+        return model(inp)
+
+    for batch, restarts, most in ((8, 20, 64), (100, 3, 100)):
+        rows.clear()
+        fastadv.pgd(recording, x[:batch], y[:batch], eps=EPS, alpha=ALPHA, steps=2,
+                    restarts=restarts)
+        assert max(rows) == most and sum(rows) == 3 * batch * restarts, (batch, rows)
 
 
 def test_early_stop_and_chunking_keep_the_strength(digits):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from fastadv.data import (DATASETS, ChecksumError, DataFileError, Dataset, DatasetNotFoundError,
                           DownloadError, load_dataset, random_crop_flip, synthetic)
 from fastadv.data import cifar10, mnist
+from fastadv.data.synthetic import class_patterns
 
 CIFAR_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -326,24 +327,32 @@ def test_digits_split_is_the_old_demo_split():
     assert torch.equal(ds.x_test, x[order[split:]]) and torch.equal(ds.y_test, y[order[split:]])
 
 
-def old_synthetic_cifar(n, seed):
-    """benchmarks/attack.py's synthetic_cifar as it was before fastadv.data existed."""
-    patterns = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(12345))
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    x = (0.6 * patterns[y] + 0.4 * torch.rand(n, 3, 32, 32, generator=gen)).clamp(0, 1)
-    return x, y
-
-
 @pytest.mark.parametrize("n, seed", [(1, 0), (64, 1), (5000, 2)])  # 5000: several chunks
-def test_synthetic_matches_the_old_benchmark_data(n, seed):
+def test_synthetic_is_the_mix_of_patterns_and_noise(n, seed):
     from benchmarks.attack import synthetic_cifar
 
-    x_old, y_old = old_synthetic_cifar(n, seed)
+    patterns = class_patterns(10, (3, 32, 32))
+    gen = torch.Generator().manual_seed(seed)
+    y_ref = torch.randint(0, 10, (n,), generator=gen)
+    x_ref = (0.6 * patterns[y_ref] + 0.4 * torch.rand(n, 3, 32, 32, generator=gen)).clamp(0, 1)
     x, y = synthetic(n, seed=seed)
-    assert torch.equal(x, x_old) and torch.equal(y, y_old)
+    assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
     x_bench, y_bench = synthetic_cifar(n, "cpu", seed)
-    assert torch.equal(x_bench, x_old) and torch.equal(y_bench, y_old)
+    assert torch.equal(x_bench, x) and torch.equal(y_bench, y)
+
+
+def test_synthetic_classes_survive_the_cifar_augmentation():
+    patterns = class_patterns(10, (3, 32, 32))
+    assert patterns.min() >= 0 and patterns.max() <= 1
+    torch.testing.assert_close(patterns, patterns.flip(-1), atol=1e-6, rtol=0)  # symmetric
+    x, y = synthetic(1000, seed=3)
+    crops = random_crop_flip(x, generator=torch.Generator().manual_seed(0))
+
+    def nearest_pattern(images):  # E[x | class c] = 0.6 * pattern_c + 0.2 (before clamping)
+        return torch.cdist(images.flatten(1), (0.6 * patterns + 0.2).flatten(1)).argmin(1)
+
+    assert (nearest_pattern(x) == y).float().mean() > 0.99
+    assert (nearest_pattern(crops) == y).float().mean() > 0.7  # chance: 0.1
 
 
 def test_synthetic():

@@ -267,9 +267,24 @@ def test_cli_writes_report_and_plot_with_defaults_from_the_checkpoint(checkpoint
     assert json.load(open(out))["eps"] == pytest.approx(8 / 255)
 
 
+def test_cli_strict_exits_3_when_a_check_warns(checkpoint, tmp_path, monkeypatch, capsys):
+    from fastadv.eval import sanity
+
+    out = str(tmp_path / "r.json")
+    args = ["--checkpoint", checkpoint, "--n-examples", "32", "--attacks", "fgsm,pgd",
+            "--steps", "5", "--restarts", "1", "--no-curve", "--sanity-examples", "32",
+            "--no-progress", "--json", out, "--strict"]
+    assert main(args) == 0  # the standard model's checks pass: --strict changes nothing
+    monkeypatch.setattr(sanity, "GRADIENT_TOLERANCE", -1.0)  # any input gradient now "fails"
+    assert main(args) == 3
+    assert "input-gradients | WARN" in capsys.readouterr().out
+    assert json.load(open(out))["sanity"]["passed"] is False  # the report is still written
+
+
 @pytest.mark.parametrize("case", ["missing", "foreign-torch", "text", "negative-eps", "bad-eps",
                                   "bad-attack", "resume-without-json", "zero-examples",
-                                  "plot-without-curve", "too-many-examples"])
+                                  "plot-without-curve", "too-many-examples", "bad-device",
+                                  "run-directory"])
 def test_cli_bad_input_exits_with_a_clear_error_and_writes_nothing(case, checkpoint, tmp_path,
                                                                    capsys):
     out = tmp_path / "out"
@@ -294,6 +309,10 @@ def test_cli_bad_input_exits_with_a_clear_error_and_writes_nothing(case, checkpo
         extra, flag, words = ["--resume"], "--resume", "needs --json"
     elif case == "zero-examples":
         extra, flag, words = ["--n-examples", "0"], "--n-examples", "must be >= 1"
+    elif case == "bad-device":
+        extra, flag, words = ["--device", "tpu:x"], "--device", "must be cpu, cuda or cuda:N"
+    elif case == "run-directory":
+        ckpt, words = os.path.dirname(checkpoint), "is a directory"
     elif case == "plot-without-curve":
         extra, flag, words = ["--plot", str(out / "p.png"), "--no-curve"], "--plot", "--no-curve"
     else:

@@ -142,7 +142,7 @@ def test_capacity_sweep_at_toy_size(tmp_path, capsys):
     result = read(os.path.join(out, "capacity.json"))
     assert is_png(os.path.join(out, "capacity.png"))
     assert result["model"] == "madry-cnn" and result["widths"] == [1, 2]
-    assert result["methods"] == ["standard", "fgsm-rs", "pgd"]
+    assert result["methods"] == ["standard", "fgsm", "pgd"]
     assert result["eval"]["examples"] == 60 and result["eval"]["steps"] == 2
     assert result["train"]["pgd_alpha"] == pytest.approx(2.5 * 0.2 / 2)
     rows = {(r["method"], r["width"]): r for r in result["rows"]}
@@ -252,3 +252,5 @@ def test_capacity_runs_take_the_dataset_defaults(tmp_path):
     assert cfg.alpha == pytest.approx(2.5 * 0.3 / 20) and cfg.lr == 1e-3 and cfg.epochs == 3
     cfg = capacity.train_config("cifar10", "fgsm-rs", 2, out, eps=8 / 255)
     assert cfg.model == "madry-cnn" and cfg.alpha == pytest.approx(1.25 * 8 / 255)
+    cfg = capacity.train_config("digits", "fgsm", 2, out, steps=5)  # FGSM's step is eps
+    assert cfg.alpha == pytest.approx(0.2) and cfg.steps == 5

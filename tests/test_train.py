@@ -45,7 +45,7 @@ def same_weights(a, b):
 # --------------------------------------------------------------------------- every method
 
 
-@pytest.mark.parametrize("method", ["pgd", "fgsm-rs", "free", "trades", "standard"])
+@pytest.mark.parametrize("method", ["pgd", "fgsm", "fgsm-rs", "free", "trades", "standard"])
 def test_every_method_trains_on_digits(tmp_path, method):
     out = str(tmp_path / method)
     assert main([*FAST, "--method", method, "--out", out, "--free-replays", "2"]) == 0
@@ -108,13 +108,23 @@ def test_compile(tmp_path):
 # --------------------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("method", ["pgd", "free"])
-def test_resume_after_sigkill_gives_the_same_weights(tmp_path, method):
-    # 80 batches an epoch, a checkpoint every 7 (mid-epoch ones included).
-    args = ["--dataset", "digits", "--width", "1", "--epochs", "3", "--batch-size", "16",
-            "--steps", "5",
-            "--eval-steps", "3", "--eval-examples", "64", "--save-every", "7", "--no-progress",
-            "--method", method, "--free-replays", "2"]
+DIGITS_KILL = ["--dataset", "digits", "--width", "1", "--epochs", "3", "--batch-size", "16",
+               "--steps", "5", "--eval-steps", "3", "--eval-examples", "64", "--save-every", "7",
+               "--free-replays", "2"]  # 80 batches an epoch, a checkpoint every 7
+# BatchNorm, augmentation on the device, restarts, an evaluation every other epoch: 6 batches
+# an epoch, a checkpoint every 2.
+RESNET_KILL = ["--dataset", "synthetic", "--synthetic-train", "112", "--synthetic-test", "16",
+               "--val-size", "16", "--model", "preact-resnet18", "--batch-size", "16",
+               "--epochs", "3", "--steps", "1", "--restarts", "2", "--eval-steps", "1",
+               "--eval-examples", "16", "--eval-every", "2", "--save-every", "2"]
+
+
+@pytest.mark.parametrize("method, args, total, kill_after", [
+    ("pgd", DIGITS_KILL, 3 * 80, 100), ("free", DIGITS_KILL, 3 * 80, 100),
+    ("trades", DIGITS_KILL, 3 * 80, 100), ("pgd", RESNET_KILL, 3 * 6, 7)],
+    ids=["pgd", "free", "trades", "pgd-resnet-bn-augment-restarts"])
+def test_resume_after_sigkill_gives_the_same_weights(tmp_path, method, args, total, kill_after):
+    args = [*args, "--no-progress", "--method", method]
     whole = str(tmp_path / "whole")
     assert run_cli(*args, "--out", whole).returncode == 0
 
@@ -123,14 +133,14 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, method):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = os.path.join(killed, "last.pt")
     deadline, done = time.time() + 300, 0
-    while done < 100 and proc.poll() is None and time.time() < deadline:
+    while done < kill_after and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
         if os.path.exists(last):
             done = load_checkpoint(last)["progress"]["global_step"]
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the kill should land mid-run"
     done = load_checkpoint(last)["progress"]["global_step"]
-    assert 0 < done < 3 * 80
+    assert 0 < done < total
 
     resumed = run_cli(*args, "--out", killed, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -139,6 +149,36 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, method):
     assert [r["epoch"] for r in read_metrics(killed)] == [1, 2, 3]
     assert [r["loss"] for r in read_metrics(killed)] == pytest.approx(
         [r["loss"] for r in read_metrics(whole)], rel=1e-9)
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
+    out = str(tmp_path / "run")
+    assert main([*FAST, "--epochs", "1", "--out", out]) == 0
+    finished = weights(os.path.join(out, "last.pt"))
+    for name in ("last.pt", "best.pt", "results.json"):  # as if killed in its first epoch
+        os.remove(os.path.join(out, name))
+    result = run_cli("--resume", "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "from the beginning" in result.stdout
+    assert same_weights(finished, weights(os.path.join(out, "last.pt")))
+    assert len(read_metrics(out)) == 1
+
+
+def test_python_api_takes_the_dataset_defaults_and_checks_values(tmp_path):
+    from fastadv.train import TrainConfig, train
+
+    cfg = TrainConfig.for_dataset("cifar10", epochs=3, out=str(tmp_path / "c"))
+    assert (cfg.model, cfg.steps, cfg.optimizer, cfg.epochs) == ("preact-resnet18", 10, "sgd", 3)
+    assert cfg.eps == pytest.approx(8 / 255) and cfg.alpha == pytest.approx(2 / 255)
+    assert TrainConfig.for_dataset("mnist").model == "madry-cnn"
+    with pytest.raises(TypeError, match="unknown training flag.*epsilon"):
+        TrainConfig.for_dataset("digits", epsilon=0.1)
+    with pytest.raises(ValueError, match="--eps must lie in"):
+        TrainConfig.for_dataset("digits", eps=5.0)
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match="--eps must lie in"):
+        train(TrainConfig(eps=5.0, out=str(out)))
+    assert not out.exists()
 
 
 def test_resume_finished_run_and_changed_settings(tmp_path):
@@ -249,6 +289,7 @@ def test_load_model_rejects_foreign_and_missing_files(tmp_path):
     (["--steps", "0"], "--steps must be >= 1"),
     (["--width", "2", "--model", "preact-resnet18"], "--width applies to"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--method", "fgsm", "--alpha", "0.1"], "--alpha does not apply to --method fgsm"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
 def test_bad_flags_exit_nonzero_with_a_clear_message(tmp_path, args, message):
     out = tmp_path / "run"

@@ -20,6 +20,8 @@ from ..ops import ball_args, keep_best_, random_init_
 from .losses import LOSSES, objective
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# Fewest rows per forward pass on a CPU when batching restarts (see pgd's max_batch).
+CPU_MIN_BATCH = 64
 
 
 @dataclass
@@ -311,8 +313,9 @@ def pgd(model, x: Tensor, y: Tensor, *, eps, alpha, steps: int, restarts: int = 
         input_grad_only: freeze the parameters during the attack: no weight gradients are
             computed and ``.grad`` is untouched (restored afterwards).
         channels_last: run in channels_last; default: when the model's weights are.
-        max_batch: most examples per forward pass; restarts are batched up to it (default:
-            all R×B at once).
+        max_batch: most examples per forward pass; restarts are batched up to it. Default:
+            all R×B at once on a GPU; on a CPU max(B, 64), since there batching restarts
+            beyond that was measured slower (the activations fall out of cache).
         cuda_graph: capture the K-step attack in a CUDA graph per input shape and replay it
             (CUDA only; float ``eps``/``alpha``; see :class:`GraphedPGD`).
         generator: for the random starts.
@@ -325,6 +328,8 @@ def pgd(model, x: Tensor, y: Tensor, *, eps, alpha, steps: int, restarts: int = 
         max_batch)
     cfg = _Config(eps, alpha, steps, norm, random_start, loss, targeted, lower, upper,
                   precision, generator)
+    if max_batch is None and x.device.type == "cpu":
+        max_batch = max(len(x), CPU_MIN_BATCH)
     if channels_last is None:
         channels_last = isinstance(model, nn.Module) and model_is_channels_last(model)
     x_work = x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x

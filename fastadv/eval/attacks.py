@@ -28,7 +28,8 @@ from ..attacks.pgd import PRECISIONS, fgsm, pgd
 ATTACKS = ("fgsm", "pgd", "autoattack", "square")
 EXTERNAL = ("autoattack", "square")  # from torchattacks
 GRADIENT_FREE = ("square",)
-INSTALL_HINT = 'pip install "fastadv[eval]"'
+INSTALL_HINT = ('pip install "fastadv[eval]" (from a source checkout: pip install -e ".[eval]"), '
+                'or just pip install torchattacks matplotlib')
 
 
 class MissingDependency(ImportError):

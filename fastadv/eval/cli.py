@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from .._io import resolve_device
 from ..checkpoint import load_checkpoint, load_model
 from ..data import DATASETS, DatasetNotFoundError, DownloadError, load_run_dataset
 from ..train.config import number
@@ -129,11 +130,7 @@ def prepare(args: argparse.Namespace) -> Plan:
             folder = os.path.dirname(os.path.abspath(path))
             need(os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK),
                  f"{flag} {path}: {folder} is not a writable directory")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    need(device.type in ("cpu", "cuda"),
-         f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-    need(device.type != "cuda" or torch.cuda.is_available(),
-         f"--device {args.device}: CUDA is not available here")
+    device = resolve_device(args.device)
 
     try:
         ckpt = load_checkpoint(args.checkpoint)

@@ -284,7 +284,8 @@ class _Job:
             out["seconds"][name] = t.lap()
         zero = nonfinite = 0
         if idx.numel():
-            z, nf = sanity.input_gradient_flags(self.model, xb[idx], yb[idx], s.precision)
+            z, nf = sanity.input_gradient_flags(self.model, xb[idx], yb[idx], s.precision,
+                                                     s.loss)
             zero, nonfinite = int(z.sum()), int(nf.sum())
         out.update(grad_checked=int(idx.numel()), grad_zero=zero, grad_nonfinite=nonfinite)
         out["seconds"]["gradients"] = t.lap()

@@ -25,10 +25,10 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import reference
+from ..attacks.losses import objective
 from ..attacks.pgd import PRECISIONS
 from .report import Check
 
@@ -39,9 +39,11 @@ ROUNDING = 1e-6  # the most an external attack may stray outside the box (fp32 r
 # --------------------------------------------------------------------------- measurements
 
 
-def input_gradient_flags(model, x: Tensor, y: Tensor, precision: str) -> tuple[Tensor, Tensor]:
-    """Per example, whether ``g = ∇_x CE(f(x), y)`` is all zero, and whether any entry of it
-    is NaN/inf. Returns two bool tensors ``[b]``.
+def input_gradient_flags(model, x: Tensor, y: Tensor, precision: str,
+                         loss: str = "ce") -> tuple[Tensor, Tensor]:
+    """Per example, whether ``g = ∇_x L(f(x), y)`` is all zero, and whether any entry of it
+    is NaN/inf, for the loss PGD maximises (``"ce"``, ``"cw"`` or ``"dlr"``). Returns two
+    bool tensors ``[b]``.
 
     A zero gradient at ``x`` stops every gradient attack dead (sign(0) = 0): it means
     quantised or otherwise non-differentiable inputs, or a saturated softmax where
@@ -51,8 +53,8 @@ def input_gradient_flags(model, x: Tensor, y: Tensor, precision: str) -> tuple[T
     with torch.enable_grad():
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, x, allow_unused=True)
+        total = objective(loss)(logits.float(), y, False).sum()
+        (g,) = torch.autograd.grad(total, x, allow_unused=True)
     if g is None:  # the output does not depend on x through autograd at all
         zero = torch.ones(len(x), dtype=torch.bool, device=x.device)
         return zero, torch.zeros_like(zero)

@@ -2,7 +2,7 @@
 
 The same network family at growing width (madry-cnn: 2w and 4w filters, a 64w-unit hidden
 layer, as the paper doubles filters and the fully connected layer) is trained with natural
-(standard), FGSM (with random start, Wong et al.) and PGD training, then each final model
+(standard), FGSM (one step of ε from x, the paper's) and PGD training, then each final model
 is evaluated on the test split: clean accuracy and accuracy under PGD at the training eps.
 The paper's findings: capacity alone helps robustness a little; FGSM training does not
 give PGD robustness; PGD training needs capacity, and with enough of it both clean and
@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from . import _io
 from ._io import ExperimentError
 
-METHODS = ("standard", "fgsm-rs", "pgd")
-METHOD_LABELS = {"standard": "natural training", "fgsm-rs": "FGSM training (random start)",
+METHODS = ("standard", "fgsm", "pgd")
+METHOD_LABELS = {"standard": "natural training", "fgsm": "FGSM training",
+                 "fgsm-rs": "FGSM training (random start)",
                  "pgd": "PGD training", "free": "free AT", "trades": "TRADES"}
 OWNED = ("--dataset", "--model", "--width", "--method", "--out", "--resume", "--seed")
 
@@ -304,7 +305,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--data-dir", help="where the dataset files are")
     a("--widths", default="1,2,4,8,16", help="comma-separated width multipliers")
     a("--methods", default=",".join(METHODS),
-      help="comma-separated training methods (standard = natural training)")
+      help="comma-separated training methods (standard = natural training; the paper's "
+           "three by default; fgsm-rs, free and trades too)")
     a("--model", default="madry-cnn", choices=("madry-cnn", "small-cnn"),
       help="the width-scaled network family")
     a("--epochs", type=int, help="epochs of every run")

@@ -243,9 +243,9 @@ def run(checkpoints: list[str], *, dataset: str | None = None, data_dir: str | N
     per_model, all_losses = [], []
     for m in models:
         with attack_mode(m.model):
-            # Warm-up (untimed): first calls allocate and pick kernels.
+            # Warm-up (untimed), at the timed chunk size: first calls allocate and pick kernels.
             restart_losses(m.model, x_all[0], y_all[0], eps=eps, alpha=alpha, steps=1,
-                           restarts=min(restarts, max_batch, 64), max_batch=max_batch,
+                           restarts=min(restarts, max_batch), max_batch=max_batch,
                            seed=seed, index=-1)
             with torch.no_grad():
                 clean = F.cross_entropy(m.model(x_all).float(), y_all, reduction="none").cpu()
@@ -265,7 +265,7 @@ def run(checkpoints: list[str], *, dataset: str | None = None, data_dir: str | N
                 sequential = sequential_rate(m.model, x_all[0], y_all[0], eps=eps,
                                              alpha=alpha, steps=steps, count=sequential_check,
                                              seed=seed, index=int(idx[0]))
-                batched = restarts / rows[0]["seconds"]
+                batched = len(idx) * restarts / seconds  # over every example
                 sequential.update(batched_restarts_per_s=batched,
                                   speedup=batched / sequential["restarts_per_s"])
         all_losses.append(torch.stack(model_losses))

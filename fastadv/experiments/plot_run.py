@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 
+import torch
+
 from . import _io
 from ._io import ExperimentError
 
@@ -19,6 +21,7 @@ ACCURACIES = ("train_clean_acc", "train_robust_acc", "val_clean_acc", "val_robus
 
 LOSS_NAMES = {
     "pgd": "adversarial loss at PGD-{steps} points (saddle-point objective)",
+    "fgsm": "loss at FGSM points",
     "fgsm-rs": "loss at FGSM-RS points",
     "free": "loss at free-AT points",
     "trades": "TRADES objective",
@@ -95,6 +98,9 @@ def run(run_dir: str) -> dict:
         "seconds": sum(r.get("seconds", 0.0) for r in records),
         "test": results["checkpoints"] if results else None,
         "curves": curves,
+        "environment": {**_io.environment(torch.device("cpu")),
+                        "training_device": config.get("device"),
+                        "training_world_size": config.get("world_size")},
     }
 
 

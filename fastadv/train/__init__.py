@@ -1,5 +1,9 @@
 """``python -m fastadv.train``: adversarial training end to end (see ``--help``), and the same
-as a Python call: ``fastadv.train.train(TrainConfig(...))``."""
+as a Python call::
+
+    from fastadv.train import TrainConfig, train
+    summary = train(TrainConfig.for_dataset("cifar10", epochs=30, precision="bf16"))
+"""
 
 from .config import DATASET_DEFAULTS, METHODS, TrainConfig
 from .loop import train

@@ -3,6 +3,7 @@ train. Bad input exits non-zero with one clear line, before anything is written.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -20,7 +21,12 @@ def config_from_args(argv=None) -> TrainConfig:
             return resolve(args)
         if args.out is None:
             raise ValueError("--resume needs --out, the run directory to continue")
-        saved = load_checkpoint(os.path.join(args.out, "last.pt"))["config"]
+        last, config = os.path.join(args.out, "last.pt"), os.path.join(args.out, "config.json")
+        if not os.path.isfile(last) and os.path.isfile(config):
+            with open(config) as f:  # killed before its first checkpoint
+                saved = json.load(f)
+        else:
+            saved = load_checkpoint(last)["config"]
         # The saved run's settings, with the flags given now on top (the trainer refuses
         # changes that would alter the result).
         values = {**saved, **{k: getattr(args, k) for k in explicit_flags(argv, p)},

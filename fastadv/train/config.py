@@ -13,7 +13,7 @@ from fractions import Fraction
 from ..data import DATASETS
 from ..models import MODELS
 
-METHODS = ("pgd", "fgsm-rs", "free", "trades", "standard")
+METHODS = ("pgd", "fgsm", "fgsm-rs", "free", "trades", "standard")
 SCHEDULES = ("piecewise", "cyclic", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
@@ -86,6 +86,21 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def for_dataset(cls, dataset: str = "digits", **flags) -> "TrainConfig":
+        """The config that ``python -m fastadv.train --dataset DATASET --flag value ...`` runs:
+        ``flags`` are the CLI's flags as keywords (``batch_size=256``, ``eps=8/255``); every
+        unset one takes the dataset's default (DATASET_DEFAULTS), and every value is checked
+        (ValueError naming the flag). The constructor, by contrast, takes every field as
+        given."""
+        args = parser().parse_args(["--dataset", dataset])
+        unknown = sorted(set(flags) - set(vars(args)))
+        if unknown:
+            raise TypeError(f"unknown training flag(s): {', '.join(unknown)}")
+        for key, value in flags.items():
+            setattr(args, key, value)
+        return resolve(args)
+
 
 def number(text: str) -> float:
     """A float, also written as a fraction: ``8/255``."""
@@ -114,21 +129,22 @@ def parser() -> argparse.ArgumentParser:
     a("--model", choices=MODELS, help="architecture (inputs in [0,1], normalised inside)")
     a("--width", type=int, help="width multiplier of madry-cnn/small-cnn (capacity)")
     a("--method", choices=METHODS, default="pgd",
-      help="pgd: Madry PGD-AT; fgsm-rs: Wong et al.'s FGSM with random start; free: Shafahi "
+      help="pgd: Madry PGD-AT; fgsm: one step of eps from x (Goodfellow et al.); fgsm-rs: "
+           "Wong et al.'s FGSM with random start; free: Shafahi "
            "et al.'s free AT (--free-replays); trades: Zhang et al. (--trades-beta); standard: "
            "no attack")
     a("--eps", type=number, help="l-inf radius in [0, 1] pixel units; fractions like 8/255 accepted")
     a("--alpha", type=number, help="PGD step size (default: the dataset's; fgsm-rs: 1.25 eps; "
-                                   "free: eps)")
+                                   "free: eps; fgsm: always eps)")
     a("--steps", type=int, help="PGD steps during training")
     a("--restarts", type=int, default=1, help="PGD random restarts during training (worst kept)")
     a("--epochs", type=int, help="passes over the training set (free: each batch replayed "
                                  "--free-replays times per pass)")
     a("--batch-size", type=int, help="global batch size (split across ranks under torchrun)")
-    a("--optimizer", choices=OPTIMIZERS)
+    a("--optimizer", choices=OPTIMIZERS, help="sgd (with --momentum, Nesterov off) or adam")
     a("--lr", type=number, help="peak learning rate")
     a("--momentum", type=number, default=0.9, help="SGD momentum")
-    a("--weight-decay", type=number)
+    a("--weight-decay", type=number, help="L2 weight decay (coupled, as torch.optim applies it)")
     a("--schedule", choices=SCHEDULES,
       help="piecewise: x0.1 at 50%% and 75%% of training; cyclic: linear up to the peak at 40%%, "
            "down to 0 (Wong et al.); cosine; constant")
@@ -137,11 +153,12 @@ def parser() -> argparse.ArgumentParser:
     a("--channels-last", action="store_true", help="model and inputs in channels_last")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--cuda-graph", action="store_true",
-      help="pgd/fgsm-rs on CUDA: replay the whole K-step training attack from a CUDA graph "
+      help="pgd/fgsm/fgsm-rs on CUDA: replay the whole K-step training attack from a CUDA graph "
            "(needs --attack-bn eval)")
     a("--device", help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the "
                        "local rank's GPU)")
-    a("--seed", type=int, default=0)
+    a("--seed", type=int, default=0,
+      help="seeds the weights, the batch order, attacks and augmentation (and the digits split)")
     a("--out", help="run directory (default: runs/<dataset>-<method>)")
     a("--resume", action="store_true", help="continue the run in --out from its last.pt")
     a("--eval-every", type=int, default=1, help="evaluate on the held-out split every N epochs")
@@ -154,7 +171,9 @@ def parser() -> argparse.ArgumentParser:
     a("--free-replays", type=int, default=4, help="m of free AT: replays of each batch")
     a("--trades-beta", type=number, default=6.0, help="beta of TRADES: weight of the KL term")
     a("--attack-bn", choices=("eval", "train"), default="eval",
-      help="mode of the model while the training attack runs (train: batch statistics)")
+      help="mode of the model while the training attack runs. eval (default): running "
+           "BatchNorm statistics, as at test time, and needed by --cuda-graph; train: batch "
+           "statistics, as Madry et al.'s and Rice et al.'s code attack")
     a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks under torchrun")
     a("--synthetic-train", type=int, default=50_000, help="synthetic: training images")
     a("--synthetic-test", type=int, default=10_000, help="synthetic: test images")
@@ -174,6 +193,9 @@ def explicit_flags(argv, p: argparse.ArgumentParser) -> set[str]:
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
     """Fill unset flags from the dataset's defaults, then check every value."""
+    if args.dataset not in DATASET_DEFAULTS:
+        raise ValueError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, "
+                         f"got {args.dataset!r}")
     d = DATASET_DEFAULTS[args.dataset]
     values = {k: v for k, v in vars(args).items() if v is not None}
     for key, default in d.items():
@@ -181,7 +203,9 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     if args.width is None and values["model"] != d["model"]:
         values["width"] = None  # the dataset's width is for its default model
     if args.alpha is None:
-        if values["method"] == "fgsm-rs":
+        if values["method"] == "fgsm":
+            values["alpha"] = values["eps"]
+        elif values["method"] == "fgsm-rs":
             values["alpha"] = 1.25 * values["eps"]
         elif values["method"] == "free":
             values["alpha"] = values["eps"]
@@ -217,9 +241,12 @@ def check(cfg: TrainConfig) -> None:
     need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr:g}")
     need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay:g}")
     need(0 <= cfg.momentum < 1, f"--momentum must lie in [0, 1), got {cfg.momentum:g}")
+    need(cfg.method != "fgsm" or cfg.alpha == cfg.eps,
+         f"--alpha does not apply to --method fgsm (its one step is eps), got {cfg.alpha:g}")
     need(cfg.trades_beta >= 0, f"--trades-beta must be >= 0, got {cfg.trades_beta:g}")
-    need(not cfg.cuda_graph or (cfg.method in ("pgd", "fgsm-rs") and cfg.attack_bn == "eval"),
-         "--cuda-graph applies to --method pgd or fgsm-rs with --attack-bn eval")
+    need(not cfg.cuda_graph or (cfg.method in ("pgd", "fgsm", "fgsm-rs")
+                                and cfg.attack_bn == "eval"),
+         "--cuda-graph applies to --method pgd, fgsm or fgsm-rs with --attack-bn eval")
     need(not cfg.cuda_graph or cfg.device is None or cfg.device.startswith("cuda"),
          "--cuda-graph needs a CUDA --device")
     if cfg.device is not None:
@@ -228,10 +255,11 @@ def check(cfg: TrainConfig) -> None:
 
 
 def check_out_dir(out: str, resume: bool) -> None:
-    """--out must be writable, and hold a run exactly when resuming; checked before anything
-    is written, so a bad --out leaves nothing behind."""
+    """--out must be writable, and hold a run exactly when resuming (a run killed before its
+    first last.pt holds only its config.json: it starts again); checked before anything is
+    written, so a bad --out leaves nothing behind."""
     last = os.path.join(out, "last.pt")
-    if resume and not os.path.isfile(last):
+    if resume and not os.path.isfile(last) and not os.path.isfile(os.path.join(out, "config.json")):
         raise ValueError(f"--resume: {last} does not exist (nothing to resume in --out {out})")
     if not resume and os.path.exists(last):
         raise ValueError(f"--out {out} already holds a run (last.pt); pass --resume to continue "

@@ -26,7 +26,7 @@ from ..data import load_run_dataset, random_crop_flip
 from ..eval.accuracy import clean_and_pgd_correct
 from ..models import build_model
 from . import distributed
-from .config import RESUMABLE, TrainConfig, check_out_dir
+from .config import RESUMABLE, TrainConfig, check, check_out_dir
 from .methods import make_method
 from .schedule import scheduler
 
@@ -161,7 +161,9 @@ def check_resumable(saved: dict, cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Runs (or resumes) the training described by ``cfg``; returns the final summary."""
+    """Runs (or resumes) the training described by ``cfg`` (checked first: a bad value raises
+    ValueError naming its flag, before anything is written); returns the final summary."""
+    check(cfg)
     check_out_dir(cfg.out, cfg.resume)
     ctx = distributed.setup(cfg.device)
     try:
@@ -215,7 +217,13 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     progress = Progress()
     last, best = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
     pending = best + ".pending"
-    if cfg.resume:
+    resuming = cfg.resume and os.path.isfile(last)
+    if cfg.resume and not resuming:  # killed before its first checkpoint: nothing to lose
+        with open(os.path.join(cfg.out, "config.json")) as f:
+            check_resumable(json.load(f), cfg)
+        if ctx.is_main:
+            print(f"no {last} yet: starting the run in {cfg.out} from the beginning")
+    if resuming:
         ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
         if ctx.is_main:
             _settle_pending_best(pending, best, ckpt)

@@ -3,6 +3,7 @@ per optimizer step it wants (free AT: ``m`` times); the loop does backward and t
 between, so a method can read gradients the backward left (free AT's input gradient).
 
 - ``pgd``: Madry et al., CE at the PGD-k point (restarts: the worst kept);
+- ``fgsm``: Goodfellow et al., CE at the one ε-step point from x (the paper's FGSM training);
 - ``fgsm-rs``: Wong et al., CE at one α-step from a uniform random start;
 - ``free``: Shafahi et al., m replays of each batch, each one backward for the weights and
   the perturbation, the perturbation carried over to the next batch;
@@ -64,6 +65,13 @@ class PGDTraining(Method):
     def losses(self, x, y):
         logits = self.logits(self.adversarial(x, y))
         yield F.cross_entropy(logits, y), logits
+
+
+class FGSM(PGDTraining):
+    def adversarial(self, x, y):
+        c = self.cfg
+        return attacks.fgsm(self.attack_model, x, y, eps=c.eps, precision=c.precision,
+                            eval_mode=c.attack_bn == "eval", cuda_graph=c.cuda_graph)
 
 
 class FGSMRS(PGDTraining):
@@ -134,7 +142,7 @@ class TRADES(Method):
         yield F.cross_entropy(logits_nat, y) + self.cfg.trades_beta * kl, logits_adv
 
 
-METHOD_CLASSES = {"pgd": PGDTraining, "fgsm-rs": FGSMRS, "free": Free, "trades": TRADES,
+METHOD_CLASSES = {"pgd": PGDTraining, "fgsm": FGSM, "fgsm-rs": FGSMRS, "free": Free, "trades": TRADES,
                   "standard": Standard}
 
 
