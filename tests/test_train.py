@@ -316,6 +316,23 @@ def test_unwritable_out_and_missing_data_write_nothing(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
+def test_only_bad_input_becomes_exit_2_other_errors_keep_their_traceback(tmp_path, monkeypatch,
+                                                                          capsys):
+    from fastadv.train import TrainConfigError, cli
+
+    def fails_with(exc):
+        def train(cfg):
+            raise exc
+        return train
+
+    monkeypatch.setattr(cli, "train", fails_with(TrainConfigError("--batch-size too big")))
+    assert main([*FAST, "--out", str(tmp_path / "a")]) == 2
+    assert "error: --batch-size too big" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "train", fails_with(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        main([*FAST, "--out", str(tmp_path / "b")])
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     out = str(tmp_path / "run")
     assert main([*FAST, "--epochs", "1", "--out", out]) == 0

@@ -109,8 +109,8 @@ def _finished(cfg) -> bool:
 def train_run(cfg) -> str:
     """Trains (or resumes, or reuses) one run; its stdout goes to RUN/train.log. Returns
     'reused', 'resumed' or 'trained'."""
-    from ..data import DatasetNotFoundError, DownloadError
-    from ..train import train
+    from ..data import DataFileError, DatasetNotFoundError, DownloadError
+    from ..train import TrainConfigError, train
 
     if _finished(cfg):
         return "reused"
@@ -122,9 +122,9 @@ def train_run(cfg) -> str:
         with open(os.path.join(cfg.out, "train.log"), "a") as log, \
                 contextlib.redirect_stdout(log):
             train(cfg)
-    except (DatasetNotFoundError, DownloadError) as exc:
+    except (DatasetNotFoundError, DownloadError, DataFileError) as exc:
         raise ExperimentError(f"--data-dir: {exc}") from None
-    except ValueError as exc:
+    except TrainConfigError as exc:
         raise ExperimentError(f"{cfg.out}: {exc}") from None
     return status
 

@@ -5,10 +5,10 @@ as a Python call::
     summary = train(TrainConfig.for_dataset("cifar10", epochs=30, precision="bf16"))
 """
 
-from .config import DATASET_DEFAULTS, METHODS, TrainConfig
+from .config import DATASET_DEFAULTS, METHODS, TrainConfig, TrainConfigError
 from .loop import train
 
-__all__ = ["DATASET_DEFAULTS", "METHODS", "TrainConfig", "main", "train"]
+__all__ = ["DATASET_DEFAULTS", "METHODS", "TrainConfig", "TrainConfigError", "main", "train"]
 
 
 def main(argv=None):

@@ -8,8 +8,8 @@ import os
 import sys
 
 from ..checkpoint import load_checkpoint
-from ..data import DatasetNotFoundError, DownloadError
-from .config import TrainConfig, check, explicit_flags, parser, resolve
+from ..data import DataFileError, DatasetNotFoundError, DownloadError
+from .config import TrainConfig, TrainConfigError, check, explicit_flags, parser, resolve
 from .loop import train
 
 
@@ -20,7 +20,7 @@ def config_from_args(argv=None) -> TrainConfig:
         if not args.resume:
             return resolve(args)
         if args.out is None:
-            raise ValueError("--resume needs --out, the run directory to continue")
+            raise TrainConfigError("--resume needs --out, the run directory to continue")
         last, config = os.path.join(args.out, "last.pt"), os.path.join(args.out, "config.json")
         if not os.path.isfile(last) and os.path.isfile(config):
             with open(config) as f:  # killed before its first checkpoint
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     cfg = config_from_args(argv)
     try:
         train(cfg)
-    except (ValueError, DatasetNotFoundError, DownloadError) as exc:
+    except (TrainConfigError, DataFileError, DatasetNotFoundError, DownloadError) as exc:
+        # Bad input only: any other error is a bug, and keeps its traceback.
         print(f"python -m fastadv.train: error: {exc}", file=sys.stderr)
         return 2
     return 0

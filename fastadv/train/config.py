@@ -37,6 +37,11 @@ DATASET_DEFAULTS = {
                       schedule="cyclic", val_size=1000, eval_examples=1000),
 }
 
+class TrainConfigError(ValueError):
+    """A training setting (a flag, --out, the data's size) that cannot work, found before or
+    while setting the run up: the CLI reports it in one line and exits with status 2."""
+
+
 # Changing these between a run and its resume does not change what is computed.
 RESUMABLE = ("out", "resume", "device", "data_dir", "download", "progress", "compile",
              "save_every")
@@ -194,8 +199,8 @@ def explicit_flags(argv, p: argparse.ArgumentParser) -> set[str]:
 def resolve(args: argparse.Namespace) -> TrainConfig:
     """Fill unset flags from the dataset's defaults, then check every value."""
     if args.dataset not in DATASET_DEFAULTS:
-        raise ValueError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, "
-                         f"got {args.dataset!r}")
+        raise TrainConfigError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, "
+                               f"got {args.dataset!r}")
     d = DATASET_DEFAULTS[args.dataset]
     values = {k: v for k, v in vars(args).items() if v is not None}
     for key, default in d.items():
@@ -221,7 +226,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
 def check(cfg: TrainConfig) -> None:
     def need(ok: bool, message: str):
         if not ok:
-            raise ValueError(message)
+            raise TrainConfigError(message)
 
     need(0.0 <= cfg.eps <= 1.0, f"--eps must lie in [0, 1] (inputs are in [0, 1]), got {cfg.eps:g}")
     need(0.0 < cfg.alpha <= 1.0 or cfg.eps == 0, f"--alpha must lie in (0, 1], got {cfg.alpha:g}")
@@ -259,11 +264,13 @@ def check_out_dir(out: str, resume: bool) -> None:
     first last.pt holds only its config.json: it starts again); checked before anything is
     written, so a bad --out leaves nothing behind."""
     last = os.path.join(out, "last.pt")
-    if resume and not os.path.isfile(last) and not os.path.isfile(os.path.join(out, "config.json")):
-        raise ValueError(f"--resume: {last} does not exist (nothing to resume in --out {out})")
+    started = os.path.isfile(os.path.join(out, "config.json"))
+    if resume and not os.path.isfile(last) and not started:
+        raise TrainConfigError(f"--resume: {last} does not exist (nothing to resume in --out "
+                               f"{out})")
     if not resume and os.path.exists(last):
-        raise ValueError(f"--out {out} already holds a run (last.pt); pass --resume to continue "
-                         "it or choose another --out")
+        raise TrainConfigError(f"--out {out} already holds a run (last.pt); pass --resume to "
+                               "continue it or choose another --out")
     probe = out
     while not os.path.exists(probe):  # the nearest existing ancestor must let us create it
         parent = os.path.dirname(os.path.abspath(probe))
@@ -271,4 +278,4 @@ def check_out_dir(out: str, resume: bool) -> None:
             break
         probe = parent
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out} is not writable ({probe} is not a writable directory)")
+        raise TrainConfigError(f"--out {out} is not writable ({probe} is not a writable directory)")

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from .._io import resolve_device
+from .config import TrainConfigError
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,10 @@ def setup(device: str | None) -> Context:
     """The process's rank and device. Under torchrun (WORLD_SIZE set) it joins the process
     group; a CUDA device becomes the local rank's GPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise TrainConfigError(str(exc)) from None
     if world_size == 1:
         return Context(0, 1, dev)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

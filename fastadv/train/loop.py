@@ -26,7 +26,7 @@ from ..data import load_run_dataset, random_crop_flip
 from ..eval.accuracy import clean_and_pgd_correct
 from ..models import build_model
 from . import distributed
-from .config import RESUMABLE, TrainConfig, check, check_out_dir
+from .config import RESUMABLE, TrainConfig, TrainConfigError, check, check_out_dir
 from .methods import make_method
 from .schedule import scheduler
 
@@ -52,12 +52,13 @@ def load_splits(cfg: TrainConfig, device: torch.device):
     data = load_run_dataset(cfg.to_dict(), download=cfg.download)
     n = len(data.y_train)
     if cfg.val_size >= n:
-        raise ValueError(f"--val-size {cfg.val_size} leaves no training data ({n} examples)")
+        raise TrainConfigError(f"--val-size {cfg.val_size} leaves no training data "
+                               f"({n} examples)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
     val, train = order[:cfg.val_size], order[cfg.val_size:]
     if cfg.batch_size > len(train):
-        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(train)} training "
-                         "examples")
+        raise TrainConfigError(f"--batch-size {cfg.batch_size} exceeds the {len(train)} "
+                               "training examples")
     to = lambda t: t.to(device)  # noqa: E731
     x_train, y_train = to(data.x_train[train]), to(data.y_train[train])
     k = min(cfg.eval_examples, len(train))
@@ -153,8 +154,9 @@ def check_resumable(saved: dict, cfg: TrainConfig) -> None:
     if changed:
         diffs = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(cfg, k)!r}"
                           for k in changed)
-        raise ValueError(f"--resume: the run in {cfg.out} was started with other settings "
-                         f"({diffs}); resume with the same flags, or start a new --out")
+        raise TrainConfigError(f"--resume: the run in {cfg.out} was started with other "
+                               f"settings ({diffs}); resume with the same flags, or start a "
+                               "new --out")
 
 
 # --------------------------------------------------------------------------- the run
@@ -162,7 +164,7 @@ def check_resumable(saved: dict, cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     """Runs (or resumes) the training described by ``cfg`` (checked first: a bad value raises
-    ValueError naming its flag, before anything is written); returns the final summary."""
+    TrainConfigError naming its flag, before anything is written); returns the final summary."""
     check(cfg)
     check_out_dir(cfg.out, cfg.resume)
     ctx = distributed.setup(cfg.device)
@@ -178,12 +180,12 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     device = ctx.device
     if cfg.cuda_graph and device.type != "cuda":
-        raise ValueError(f"--cuda-graph needs a CUDA device, got {device}")
+        raise TrainConfigError(f"--cuda-graph needs a CUDA device, got {device}")
     if cfg.sync_bn and ctx.distributed and device.type != "cuda":
-        raise ValueError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernels)")
+        raise TrainConfigError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernels)")
     if cfg.batch_size % ctx.world_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over the "
-                         f"{ctx.world_size} ranks")
+        raise TrainConfigError(f"--batch-size {cfg.batch_size} must divide evenly over the "
+                               f"{ctx.world_size} ranks")
     data, s = load_splits(cfg, device)  # fails cleanly (missing files) before --out exists
 
     # ---- model, optimizer, schedule
@@ -240,8 +242,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
              progress.seconds) = mine["sums"]
         else:
             if progress.step_in_epoch:
-                raise ValueError(f"--resume: {last} was written mid-epoch by "
-                                 f"{ckpt['world_size']} ranks; resume it with as many")
+                raise TrainConfigError(f"--resume: {last} was written mid-epoch by "
+                                       f"{ckpt['world_size']} ranks; resume it with as many")
             torch.manual_seed(cfg.seed * 1_000_003 + progress.epoch * 1009 + ctx.rank)
         if ctx.is_main:
             _write_history(cfg.out, progress.history)
