@@ -107,7 +107,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
     job = _Job(model, x, y, names, settings, seed, batch_size, m, curve_steps, device, store)
     doubling = sanity_runs and "pgd" in names
     grid = list(eps_grid(eps)) if curve else []
-    bar = tqdm(total=job.batches(n) + (2 * job.batches(m) if doubling else 0) + len(grid),
+    bar = tqdm(total=job.batches(n) * (1 + len(names)) + (2 * job.batches(m) if doubling else 0)
+               + len(grid),
                desc="fastadv.eval", unit="unit", disable=not progress, dynamic_ncols=True)
     with attack_mode(model), bar:
         main = job.run_batches(bar)
@@ -204,10 +205,19 @@ class _Job:
         return self.store[key]
 
     def run_batches(self, bar) -> list[dict]:
-        """Every batch: clean, each attack, the gradient and bound checks."""
+        """Every batch: clean and the gradient check, then each attack (a unit each, so a
+        resume loses at most one attack on one batch) with its bound check."""
         results, seen, still = [], 0, 0
         for i in range(self.batches(len(self.y))):
-            u = self.unit(f"batch/{i}", bar, self.batch_unit, i)
+            c = self.unit(f"batch/{i}/clean", bar, self.clean_unit, i)
+            self.num_classes = c["num_classes"]
+            u = {"clean": c["clean"], "robust": {}, "bounds": {},
+                 "seconds": {"clean": c["seconds"], "gradients": c["gradient_seconds"]},
+                 **{k: c[k] for k in ("grad_checked", "grad_zero", "grad_nonfinite")}}
+            for name in self.names:
+                a = self.unit(f"batch/{i}/{name}", bar, self.attack_unit, i, name, c["clean"])
+                u["robust"][name], u["bounds"][name] = a["robust"], a["bounds"]
+                u["seconds"][name] = a["seconds"]
             results.append(u)
             worst = worst_without(u["clean"], u["robust"], skip=None)
             seen, still = seen + len(worst), still + int(worst.sum())
@@ -264,32 +274,38 @@ class _Job:
             x_adv = sanity.project(x_adv, x, self.settings.eps)
         return x_adv, {"points": len(x), "max": worst, "projected": projected}
 
-    def batch_unit(self, i: int) -> dict:
+    def clean_unit(self, i: int) -> dict:
+        """Batch i: which examples are classified correctly, and their input gradients."""
         xb, yb = self.data(i)
-        s = self.settings
         t = _Timer(self.device)
         clean = self.predict(xb) == yb
+        out = {"clean": clean.cpu(), "num_classes": self.num_classes, "seconds": t.lap()}
         idx = clean.nonzero().squeeze(1)
-        out = {"clean": clean.cpu(), "robust": {}, "bounds": {}, "seconds": {"clean": t.lap()}}
-        for name in self.names:
-            robust = torch.zeros_like(clean)
-            bounds = {"points": 0, "max": 0.0, "projected": 0}
-            if idx.numel():
-                x_adv = run_attack(name, self.model, xb[idx], yb[idx], s,
-                                   seed=unit_seed(self.seed, f"{name}/{i}"),
-                                   num_classes=self.num_classes)
-                x_adv, bounds = self.checked(name, x_adv, xb[idx])
-                robust[idx] = self.predict(x_adv) == yb[idx]
-            out["robust"][name], out["bounds"][name] = robust.cpu(), bounds
-            out["seconds"][name] = t.lap()
         zero = nonfinite = 0
         if idx.numel():
-            z, nf = sanity.input_gradient_flags(self.model, xb[idx], yb[idx], s.precision,
-                                                     s.loss)
+            z, nf = sanity.input_gradient_flags(self.model, xb[idx], yb[idx],
+                                                self.settings.precision, self.settings.loss)
             zero, nonfinite = int(z.sum()), int(nf.sum())
-        out.update(grad_checked=int(idx.numel()), grad_zero=zero, grad_nonfinite=nonfinite)
-        out["seconds"]["gradients"] = t.lap()
+        out.update(grad_checked=int(idx.numel()), grad_zero=zero, grad_nonfinite=nonfinite,
+                   gradient_seconds=t.lap())
         return out
+
+    def attack_unit(self, i: int, name: str, clean: Tensor) -> dict:
+        """Attack ``name`` on the correctly classified examples of batch i."""
+        xb, yb = self.data(i)
+        t = _Timer(self.device)
+        robust = torch.zeros_like(clean)
+        bounds = {"points": 0, "max": 0.0, "projected": 0}
+        idx = clean.nonzero().squeeze(1)
+        if idx.numel():
+            idx_dev = idx.to(xb.device)
+            x, y = xb[idx_dev], yb[idx_dev]
+            x_adv = run_attack(name, self.model, x, y, self.settings,
+                               seed=unit_seed(self.seed, f"{name}/{i}"),
+                               num_classes=self.num_classes)
+            x_adv, bounds = self.checked(name, x_adv, x)
+            robust[idx] = (self.predict(x_adv) == y).cpu()
+        return {"robust": robust, "bounds": bounds, "seconds": t.lap()}
 
     def doubled_unit(self, i: int, kind: str) -> dict:
         """PGD with twice the steps or twice the restarts on batch i of the sanity subset,

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..checkpoint import save_atomic
 
-FORMAT = "fastadv-eval-partial/1"
+FORMAT = "fastadv-eval-partial/2"  # /2: a unit per attack per batch
 
 
 def fingerprint(*items) -> str:
