@@ -46,26 +46,49 @@ def run_suite(suite: str, device: torch.device, quick: bool, models=None) -> lis
 
 
 ROWS = {"op": op.Row, "attack": attack.Row, "train": train.Row}
+# What makes a row unique within its suite.
+ROW_KEYS = {"op": ("shape", "dtype", "impl"),
+            "attack": ("model", "batch", "steps", "restarts", "impl"),
+            "train": ("model", "images", "batch", "steps", "impl")}
 
 
 def merge(paths: list[str]) -> tuple[dict, dict]:
-    """(env, {suite: rows}) of earlier results files, concatenated in the order given; they
-    must come from one device and one torch."""
-    envs, results = [], {}
+    """(env, {suite: rows}) of earlier results files of ``benchmarks.run``, concatenated in
+    the order given. They must come from one device, torch, commit and mode (quick or full),
+    and no row may appear twice (run the pieces with --suite / --model)."""
+    envs, results, origin = [], {}, {}
     for path in paths:
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"--merge: cannot read {path}: {exc}") from None
+        if not isinstance(data, dict) or "suites" not in data:
+            raise SystemExit(f"--merge: {path} is not a results file of benchmarks.run")
         envs.append(data)
         for suite, rows in data["suites"].items():
-            results.setdefault(suite, []).extend(ROWS[suite](**r) for r in rows)
-    for key in ("device", "device_type", "torch"):
-        if len({e[key] for e in envs}) > 1:
-            raise SystemExit(f"--merge: the files come from different {key}s: "
-                             f"{sorted({e[key] for e in envs})}")
-    env = {k: v for k, v in envs[0].items() if k not in ("suites", "quick")}
-    env["command"] = [e["command"] for e in envs]
+            for r in rows:
+                try:
+                    row = ROWS[suite](**r)
+                except (KeyError, TypeError) as exc:
+                    raise SystemExit(f"--merge: {path}: a {suite} row this version cannot "
+                                     f"read (written by another version?): {exc}") from None
+                key = (suite, *(r[k] for k in ROW_KEYS[suite]))
+                if key in origin:
+                    raise SystemExit(f"--merge: the {suite} row {key[1:]} is in both "
+                                     f"{origin[key]} and {path}; run the pieces with --suite "
+                                     "and --model so that each row is measured once")
+                origin[key] = path
+                results.setdefault(suite, []).append(row)
+    for key in ("device", "device_type", "torch", "git_sha", "quick"):
+        values = {str(e.get(key)) for e in envs}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the files differ in {key} ({', '.join(sorted(values))})"
+                             "; merge only pieces of one run")
+    env = {k: v for k, v in envs[0].items() if k not in ("suites", "merged_from")}
+    env["command"] = [c for e in envs
+                      for c in (e["command"] if isinstance(e["command"], list) else [e["command"]])]
     env["merged_from"] = [os.path.basename(p) for p in paths]
-    env["quick"] = any(e.get("quick") for e in envs)
     return env, results
 
 
@@ -130,12 +153,15 @@ def main(argv=None):
     parser.add_argument("--out", help="path prefix of the .json/.md/.png (default: "
                                       "benchmarks/results/<device>-<date>[-quick])")
     args = parser.parse_args(argv)
+    if args.merge and (args.suite != "all" or args.model or args.quick):
+        parser.error("--merge takes the suites, models and mode of its files: drop --suite, "
+                     "--model and --quick")
     if args.merge:
         env, results = merge(args.merge)
         device_type = env["device_type"]
         for suite, rows in results.items():
             print(MARKDOWN[suite](rows, env), "\n", flush=True)
-        quick = env.pop("quick")
+        quick = env.pop("quick", False)
     else:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -168,7 +168,8 @@ class Row:
 def run(device, model_name: str, images: int, batch: int, steps: int, epochs: int,
         compile_on_cpu: bool = False, device_name: str = "") -> list[Row]:
     # The trainer's synthetic data (seed 0: train stream 1, test stream 2), so every row
-    # trains on the same images and normalises with the same channel statistics.
+    # trains on the same images (the trainer holds one random image of images + 1 out for
+    # validation, the plain loop the last) with the same channel statistics.
     data = load_dataset("synthetic", synthetic_train=images + 1,
                         synthetic_test=512 if device.type == "cuda" else 128)
     x_train, y_train = data.x_train[:images], data.y_train[:images]
@@ -242,7 +243,8 @@ def main(argv=None):
     parser.add_argument("--images", type=int, help="training images per epoch")
     parser.add_argument("--batch", type=int)
     parser.add_argument("--steps", type=int, help="PGD steps of the training attack")
-    parser.add_argument("--epochs", type=int, help="epochs per implementation (last timed)")
+    parser.add_argument("--epochs", type=int, help="epochs per implementation (all but the "
+                                                   "first timed: min and median)")
     parser.add_argument("--compile-on-cpu", action="store_true",
                         help="also time torch.compile on the CPU (minutes of compilation)")
     parser.add_argument("--quick", action="store_true", help="small CNN, 512 images, PGD-5")

@@ -252,5 +252,5 @@ def test_capacity_runs_take_the_dataset_defaults(tmp_path):
     assert cfg.alpha == pytest.approx(2.5 * 0.3 / 20) and cfg.lr == 1e-3 and cfg.epochs == 3
     cfg = capacity.train_config("cifar10", "fgsm-rs", 2, out, eps=8 / 255)
     assert cfg.model == "madry-cnn" and cfg.alpha == pytest.approx(1.25 * 8 / 255)
-    cfg = capacity.train_config("digits", "fgsm", 2, out, steps=5)  # FGSM's step is eps
-    assert cfg.alpha == pytest.approx(0.2) and cfg.steps == 5
+    cfg = capacity.train_config("digits", "fgsm", 2, out, steps=5)  # one step of eps
+    assert (cfg.alpha, cfg.steps, cfg.eval_steps) == (pytest.approx(0.2), 1, 5)

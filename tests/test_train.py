@@ -48,7 +48,10 @@ def same_weights(a, b):
 @pytest.mark.parametrize("method", ["pgd", "fgsm", "fgsm-rs", "free", "trades", "standard"])
 def test_every_method_trains_on_digits(tmp_path, method):
     out = str(tmp_path / method)
-    assert main([*FAST, "--method", method, "--out", out, "--free-replays", "2"]) == 0
+    fast = list(FAST)
+    if method in ("fgsm", "fgsm-rs"):  # one step: --steps does not apply
+        del fast[fast.index("--steps"):fast.index("--steps") + 2]
+    assert main([*fast, "--method", method, "--out", out, "--free-replays", "2"]) == 0
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
@@ -155,8 +158,13 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
     out = str(tmp_path / "run")
     assert main([*FAST, "--epochs", "1", "--out", out]) == 0
     finished = weights(os.path.join(out, "last.pt"))
-    for name in ("last.pt", "best.pt", "results.json"):  # as if killed in its first epoch
+    os.remove(os.path.join(out, "last.pt"))
+    # A run with results but no last.pt is not started again (it would lose them).
+    refused = run_cli("--resume", "--out", out, "--no-progress")
+    assert refused.returncode == 2 and "does not exist" in refused.stderr
+    for name in ("best.pt", "results.json"):  # now as if killed in its first epoch
         os.remove(os.path.join(out, name))
+    open(os.path.join(out, "metrics.jsonl"), "w").close()
     result = run_cli("--resume", "--out", out, "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "from the beginning" in result.stdout
@@ -165,7 +173,7 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
 
 
 def test_python_api_takes_the_dataset_defaults_and_checks_values(tmp_path):
-    from fastadv.train import TrainConfig, train
+    from fastadv.train import TrainConfig, TrainConfigError, train
 
     cfg = TrainConfig.for_dataset("cifar10", epochs=3, out=str(tmp_path / "c"))
     assert (cfg.model, cfg.steps, cfg.optimizer, cfg.epochs) == ("preact-resnet18", 10, "sgd", 3)
@@ -173,12 +181,19 @@ def test_python_api_takes_the_dataset_defaults_and_checks_values(tmp_path):
     assert TrainConfig.for_dataset("mnist").model == "madry-cnn"
     with pytest.raises(TypeError, match="unknown training flag.*epsilon"):
         TrainConfig.for_dataset("digits", epsilon=0.1)
-    with pytest.raises(ValueError, match="--eps must lie in"):
+    with pytest.raises(TrainConfigError, match="--eps must lie in"):
         TrainConfig.for_dataset("digits", eps=5.0)
+    with pytest.raises(TrainConfigError, match="--dataset must be one of"):
+        TrainConfig.for_dataset("cifar100")
+    with pytest.raises(TrainConfigError, match="--optimizer must be one of sgd, adam"):
+        TrainConfig.for_dataset("digits", optimizer="adamw")
     out = tmp_path / "bad"
-    with pytest.raises(ValueError, match="--eps must lie in"):
-        train(TrainConfig(eps=5.0, out=str(out)))
+    for bad in (dict(eps=5.0), dict(attack_bn="none"), dict(method="pgd2")):
+        with pytest.raises(TrainConfigError):
+            train(TrainConfig(**bad, out=str(out)))
     assert not out.exists()
+    one_step = TrainConfig.for_dataset("digits", method="fgsm")
+    assert (one_step.steps, one_step.eval_steps, one_step.alpha) == (1, 10, one_step.eps)
 
 
 def test_resume_finished_run_and_changed_settings(tmp_path):
@@ -326,6 +341,10 @@ def test_load_model_rejects_foreign_and_missing_files(tmp_path):
     (["--width", "2", "--model", "preact-resnet18"], "--width applies to"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
     (["--method", "fgsm", "--alpha", "0.1"], "--alpha does not apply to --method fgsm"),
+    (["--method", "fgsm-rs", "--steps", "5"], "--steps does not apply to --method fgsm-rs"),
+    (["--method", "fgsm", "--restarts", "3"], "--restarts do not apply"),
+    (["--dataset", "synthetic", "--image-size", "30", "--model", "madry-cnn"],
+     "--model madry-cnn: madry-cnn needs an image size divisible by 4"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
 def test_bad_flags_exit_nonzero_with_a_clear_message(tmp_path, args, message):
     out = tmp_path / "run"

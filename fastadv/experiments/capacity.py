@@ -47,10 +47,11 @@ def train_config(dataset: str, method: str, width: int, out: str, *, model: str 
                  steps: int | None = None, seed: int = 0, device: str | None = None,
                  data_dir: str | None = None, train_args: list[str] = ()):
     """The TrainConfig of one run, built by the trainer's own parser and ``resolve`` so the
-    dataset's defaults apply. With ``steps`` given, PGD uses alpha = 2.5 eps / steps. The
+    dataset's defaults apply. With ``steps`` given, the multi-step methods take that many
+    steps (PGD with alpha = 2.5 eps / steps) and every run validates with PGD-steps. The
     held-out evaluation runs once, after the last epoch (the sweep evaluates last.pt on the
     test split itself), unless ``train_args`` says otherwise."""
-    from ..train.config import DATASET_DEFAULTS, parser, resolve
+    from ..train.config import DATASET_DEFAULTS, ONE_STEP, parser, resolve
 
     if epochs is None:
         epochs = DATASET_DEFAULTS[dataset]["epochs"]
@@ -60,7 +61,9 @@ def train_config(dataset: str, method: str, width: int, out: str, *, model: str 
     if eps is not None:
         argv += ["--eps", repr(eps)]
     if steps is not None:
-        argv += ["--steps", str(steps)]
+        argv += ["--eval-steps", str(steps)]
+        if method not in ONE_STEP:
+            argv += ["--steps", str(steps)]
         if method == "pgd" and "--alpha" not in train_args:
             radius = eps if eps is not None else DATASET_DEFAULTS[dataset]["eps"]
             argv += ["--alpha", repr(2.5 * radius / steps)]

@@ -9,7 +9,8 @@ import sys
 
 from ..checkpoint import load_checkpoint
 from ..data import DataFileError, DatasetNotFoundError, DownloadError
-from .config import TrainConfig, TrainConfigError, check, explicit_flags, parser, resolve
+from .config import (TrainConfig, TrainConfigError, check, explicit_flags,
+                     killed_before_first_checkpoint, parser, resolve)
 from .loop import train
 
 
@@ -22,7 +23,7 @@ def config_from_args(argv=None) -> TrainConfig:
         if args.out is None:
             raise TrainConfigError("--resume needs --out, the run directory to continue")
         last, config = os.path.join(args.out, "last.pt"), os.path.join(args.out, "config.json")
-        if not os.path.isfile(last) and os.path.isfile(config):
+        if killed_before_first_checkpoint(args.out):
             with open(config) as f:  # killed before its first checkpoint
                 saved = json.load(f)
         else:

@@ -18,6 +18,7 @@ SCHEDULES = ("piecewise", "cyclic", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
 SCALABLE = ("madry-cnn", "small-cnn")  # the models --width applies to
+ONE_STEP = ("fgsm", "fgsm-rs")  # methods whose attack is a single step
 
 # The papers' settings per dataset (CIFAR-10: Madry et al./Rice et al.; MNIST: Madry et al.);
 # digits is sized to train in a couple of minutes on a laptop CPU.
@@ -98,6 +99,9 @@ class TrainConfig:
         unset one takes the dataset's default (DATASET_DEFAULTS), and every value is checked
         (ValueError naming the flag). The constructor, by contrast, takes every field as
         given."""
+        if dataset not in DATASET_DEFAULTS:
+            raise TrainConfigError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, "
+                                   f"got {dataset!r}")
         args = parser().parse_args(["--dataset", dataset])
         unknown = sorted(set(flags) - set(vars(args)))
         if unknown:
@@ -141,7 +145,8 @@ def parser() -> argparse.ArgumentParser:
     a("--eps", type=number, help="l-inf radius in [0, 1] pixel units; fractions like 8/255 accepted")
     a("--alpha", type=number, help="PGD step size (default: the dataset's; fgsm-rs: 1.25 eps; "
                                    "free: eps; fgsm: always eps)")
-    a("--steps", type=int, help="PGD steps during training")
+    a("--steps", type=int, help="PGD steps of the training attack (pgd, trades; fgsm and "
+                                "fgsm-rs take one step)")
     a("--restarts", type=int, default=1, help="PGD random restarts during training (worst kept)")
     a("--epochs", type=int, help="passes over the training set (free: each batch replayed "
                                  "--free-replays times per pass)")
@@ -217,6 +222,11 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         elif args.eps is not None:  # keep the dataset's alpha/eps ratio
             values["alpha"] = d["alpha"] * args.eps / d["eps"]
     values.setdefault("eval_steps", values["steps"])
+    if values["method"] in ONE_STEP:  # one step by definition; validation still uses PGD
+        if args.steps not in (None, 1):
+            raise TrainConfigError(f"--steps does not apply to --method {values['method']} "
+                                   f"(one step), got {args.steps}")
+        values["steps"] = 1
     values.setdefault("out", os.path.join("runs", f"{args.dataset}-{values['method']}"))
     cfg = TrainConfig(**values)
     check(cfg)
@@ -228,6 +238,14 @@ def check(cfg: TrainConfig) -> None:
         if not ok:
             raise TrainConfigError(message)
 
+    for flag, value, allowed in (("--dataset", cfg.dataset, DATASETS),
+                                 ("--method", cfg.method, METHODS),
+                                 ("--model", cfg.model, MODELS),
+                                 ("--optimizer", cfg.optimizer, OPTIMIZERS),
+                                 ("--schedule", cfg.schedule, SCHEDULES),
+                                 ("--precision", cfg.precision, PRECISIONS),
+                                 ("--attack-bn", cfg.attack_bn, ("eval", "train"))):
+        need(value in allowed, f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
     need(0.0 <= cfg.eps <= 1.0, f"--eps must lie in [0, 1] (inputs are in [0, 1]), got {cfg.eps:g}")
     need(0.0 < cfg.alpha <= 1.0 or cfg.eps == 0, f"--alpha must lie in (0, 1], got {cfg.alpha:g}")
     for flag, value, low in (("--steps", cfg.steps, 1), ("--restarts", cfg.restarts, 1),
@@ -246,6 +264,9 @@ def check(cfg: TrainConfig) -> None:
     need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr:g}")
     need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay:g}")
     need(0 <= cfg.momentum < 1, f"--momentum must lie in [0, 1), got {cfg.momentum:g}")
+    need(cfg.method not in ONE_STEP or (cfg.steps == 1 and cfg.restarts == 1),
+         f"--method {cfg.method} takes one step from one start: --steps and --restarts do not "
+         f"apply (got {cfg.steps} and {cfg.restarts})")
     need(cfg.method != "fgsm" or cfg.alpha == cfg.eps,
          f"--alpha does not apply to --method fgsm (its one step is eps), got {cfg.alpha:g}")
     need(cfg.trades_beta >= 0, f"--trades-beta must be >= 0, got {cfg.trades_beta:g}")
@@ -259,13 +280,24 @@ def check(cfg: TrainConfig) -> None:
              f"--device must be cpu, cuda or cuda:N, got {cfg.device!r}")
 
 
+def killed_before_first_checkpoint(out: str) -> bool:
+    """Whether ``out`` holds a run that wrote its config.json and nothing else yet (no
+    last.pt, best.pt, results or epoch metrics): one that can only start again."""
+    def has(name):
+        return os.path.exists(os.path.join(out, name))
+
+    metrics = os.path.join(out, "metrics.jsonl")
+    return (has("config.json") and not any(has(n) for n in ("last.pt", "best.pt",
+                                                              "best.pt.pending", "results.json"))
+            and (not os.path.exists(metrics) or os.path.getsize(metrics) == 0))
+
+
 def check_out_dir(out: str, resume: bool) -> None:
     """--out must be writable, and hold a run exactly when resuming (a run killed before its
     first last.pt holds only its config.json: it starts again); checked before anything is
     written, so a bad --out leaves nothing behind."""
     last = os.path.join(out, "last.pt")
-    started = os.path.isfile(os.path.join(out, "config.json"))
-    if resume and not os.path.isfile(last) and not started:
+    if resume and not os.path.isfile(last) and not killed_before_first_checkpoint(out):
         raise TrainConfigError(f"--resume: {last} does not exist (nothing to resume in --out "
                                f"{out})")
     if not resume and os.path.exists(last):

@@ -26,7 +26,8 @@ from ..data import load_run_dataset, random_crop_flip
 from ..eval.accuracy import clean_and_pgd_correct
 from ..models import build_model
 from . import distributed
-from .config import RESUMABLE, TrainConfig, TrainConfigError, check, check_out_dir
+from .config import (RESUMABLE, TrainConfig, TrainConfigError, check, check_out_dir,
+                     killed_before_first_checkpoint)
 from .methods import make_method
 from .schedule import scheduler
 
@@ -191,7 +192,10 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     # ---- model, optimizer, schedule
     torch.manual_seed(cfg.seed)
     args = model_args(cfg, data)
-    raw = build_model(**args).to(device)
+    try:
+        raw = build_model(**args).to(device)
+    except ValueError as exc:  # an architecture that does not fit the data's shape
+        raise TrainConfigError(f"--model {cfg.model}: {exc}") from None
     if cfg.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.distributed:
@@ -219,14 +223,17 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     progress = Progress()
     last, best = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
     pending = best + ".pending"
-    resuming = cfg.resume and os.path.isfile(last)
-    if cfg.resume and not resuming:  # killed before its first checkpoint: nothing to lose
+    resuming = cfg.resume and not killed_before_first_checkpoint(cfg.out)
+    if cfg.resume and not resuming:  # nothing to lose: check_out_dir made sure
         with open(os.path.join(cfg.out, "config.json")) as f:
             check_resumable(json.load(f), cfg)
         if ctx.is_main:
             print(f"no {last} yet: starting the run in {cfg.out} from the beginning")
     if resuming:
-        ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
+        try:
+            ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
+        except ValueError as exc:
+            raise TrainConfigError(f"--resume: {exc}") from None
         if ctx.is_main:
             _settle_pending_best(pending, best, ckpt)
         check_resumable(ckpt["config"], cfg)
