@@ -1,6 +1,6 @@
 """Builds fastadv._C from csrc/: the CPU kernels always, the CUDA kernels when a CUDA build
 of torch and nvcc are present. FASTADV_BUILD_CUDA=1 forces the CUDA kernels (error if they
-cannot be built), =0 skips them. TORCH_CUDA_ARCH_LIST is respected (default: 8.0;9.0).
+cannot be built), =0 skips them. TORCH_CUDA_ARCH_LIST is respected (default: 8.0;9.0+PTX, PTX for newer GPUs).
 MAX_JOBS bounds parallel compilation. FASTADV_BUILD_EXT=0 installs the pure-Python package
 (reference backend plus Triton) with no compiled extension, as happens by itself where no
 C++ compiler is found (=1 insists on building)."""
@@ -61,7 +61,7 @@ def _extensions():
     if not _build_cuda():
         return [CppExtension("fastadv._C", sources, extra_compile_args={"cxx": cxx},
                              extra_link_args=["-fopenmp"])]
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     return [
         CUDAExtension(
             "fastadv._C",

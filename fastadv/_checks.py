@@ -102,8 +102,9 @@ def per_example(name: str, value, x: Tensor, *, nonnegative: bool, finite: bool)
 
 def per_channel(name: str, value, x: Tensor):
     """A float, or a tensor that broadcasts against x along the channel dim (1) only, e.g.
-    shape [C, 1, 1] for [B, C, H, W] inputs. Returns (fp32 tensor [C] or [1] on x's device
-    or None, float)."""
+    shape [C, 1, 1] for [B, C, H, W] inputs. Returns (fp32 tensor [C] on x's device, [1]
+    when x has no channel dim, or None; float). A one-element tensor is expanded to [C], so
+    a per-channel bound and a tensor one always have the same length for the kernels."""
     if not isinstance(value, Tensor):
         number = _number(name, value)
         if math.isnan(number):
@@ -123,7 +124,10 @@ def per_channel(name: str, value, x: Tensor):
         )
     if values_checkable() and torch.isnan(value).any():
         raise ValueError(f"{name} must not be NaN")
-    return value.detach().to(device=x.device, dtype=torch.float32).reshape(-1).contiguous(), 0.0
+    flat = value.detach().to(device=x.device, dtype=torch.float32).reshape(-1)
+    if flat.numel() == 1 and x.dim() >= 2:
+        flat = flat.expand(x.shape[1])
+    return flat.contiguous(), 0.0
 
 
 def ordered_bounds(lower, upper) -> None:

@@ -42,8 +42,9 @@ def flat_layout(t: torch.Tensor) -> tuple[int, int] | None:
 
 def memory_order_index(t: torch.Tensor) -> torch.Tensor:
     """For each element of t, its position in the order the kernels walk t: memory order
-    when t is dense, row-major order otherwise (the kernels then work on a contiguous copy)."""
+    when they can walk t flat (``flat_layout``), row-major order otherwise (they then work on
+    a contiguous copy: dense layouts with the batch not outermost included)."""
     flat = torch.arange(t.numel(), dtype=torch.int64, device=t.device)
-    if is_dense(t):
+    if flat_layout(t) is not None:
         return torch.as_strided(flat, t.shape, t.stride())
     return flat.view(t.shape)

@@ -23,8 +23,20 @@ def _kernel(backend: str, name: str):
     if backend == "triton":
         from . import kernels
 
-        return getattr(kernels, name)
+        return _on_tensor_device(getattr(kernels, name))
     return getattr(torch.ops.fastadv, f"_{name}_kernel_").default
+
+
+def _on_tensor_device(launch):
+    """Triton launches on the current CUDA device and its stream: make that x's device (the
+    C++ kernels do the same with a CUDAGuard)."""
+    @functools.wraps(launch)
+    def on_device(x: Tensor, *args):
+        if x.is_cuda and x.device.index != torch.cuda.current_device():
+            with torch.cuda.device(x.device):
+                return launch(x, *args)
+        return launch(x, *args)
+    return on_device
 
 
 def _uses_reference(backend: str, *tensors: Tensor) -> bool:

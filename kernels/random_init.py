@@ -45,4 +45,5 @@ def random_init(x, x_nat, seed, eps, eps_value, lower, lower_value, upper, upper
         numel, example_size, channel_div, channels_of(lower, upper),
         PER_EXAMPLE_EPS=eps is not None, PER_CHANNEL_LOWER=lower is not None,
         PER_CHANNEL_UPPER=upper is not None, BLOCK=BLOCK_SIZE,
+        enable_fp_fusion=False,  # x_nat + eps*noise rounded twice, as the other backends do
     )

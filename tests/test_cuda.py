@@ -66,9 +66,43 @@ def test_graphed_pgd_matches_eager_strength_and_recaptures():
         acc_graphed = (model(graphed).argmax(1) == y).float().mean().item()
     assert abs(acc_eager - acc_graphed) <= 0.02
     atk = fastadv.GraphedPGD(model, eps=0.1, alpha=0.025, steps=5)
-    first, _, _ = atk(x[:64], y[:64])
-    second, _, _ = atk(x[:64], y[:64])
-    assert not torch.equal(first, second)  # fresh random start per replay
-    odd, loss, fooled = atk(x[:37], y[:37])  # a new shape: a new capture
+    first, _, _ = atk(x[:64], y[:64])  # eager: a shape is captured when seen again
+    assert not atk._graphs
+    second, _, _ = atk(x[:64], y[:64])  # captured and replayed
+    third, _, _ = atk(x[:64], y[:64])  # replayed
+    assert len(atk._graphs) == 1
+    assert not torch.equal(second, third)  # fresh random start per replay
+    odd, loss, fooled = atk(x[:37], y[:37])  # a one-off shape runs eagerly
     assert odd.shape == x[:37].shape and loss.shape == (37,) and fooled.dtype == torch.bool
+    assert len(atk._graphs) == 1
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_graph_cache_follows_the_model_mode_and_lets_the_model_go():
+    import gc
+    import weakref
+
+    from fastadv.attacks import graphed
+
+    model, x, y = _digits_on_cuda()
+    for _ in range(2):  # the second call of a shape captures it
+        fastadv.pgd(model, x[:32], y[:32], eps=0.1, alpha=0.025, steps=3, cuda_graph=True)
+        fastadv.pgd(model, x[:32], y[:32], eps=0.1, alpha=0.025, steps=3, cuda_graph=True,
+                    eval_mode=False)  # train mode: its own graph, not the eval one
+    modes = {key[0][-1] for key in graphed._CACHE[model]}
+    assert modes == {False, True}
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the cache does not keep the model (or its graphs) alive
+
+
+def test_triton_launches_on_the_tensors_device():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    x_nat = torch.rand(4, 3, 8, 8, device="cuda:1")
+    x_adv, grad = x_nat.clone(), torch.randn_like(x_nat)
+    expected = reference.linf_step(x_adv, grad, x_nat, 0.03, 0.01, 0.0, 1.0)
+    with torch.cuda.device(0):
+        fastadv.pgd_(x_adv, grad, x_nat, eps=0.03, alpha=0.01)
+    assert torch.equal(x_adv, expected)

@@ -77,6 +77,19 @@ def test_scalar_tensor_parameters(device_backend):
     assert_ulp_close(x_adv, expected)
 
 
+@pytest.mark.parametrize("per_channel_side", ["lower", "upper"])
+def test_one_bound_per_channel_the_other_a_one_element_tensor(device_backend,
+                                                              per_channel_side):
+    device, _ = device_backend
+    x_nat, x_adv, grad = attack_state((2, 3, 4, 4), torch.float32, device)
+    channels = torch.tensor([0.6, 0.0, 0.3], device=device).view(3, 1, 1)
+    single = torch.tensor(0.9 if per_channel_side == "lower" else 0.1, device=device)
+    lower, upper = (channels, single) if per_channel_side == "lower" else (single, channels + 0.5)
+    expected = expected_linf(x_adv, grad, x_nat, 0.3, 0.05, lower, upper)
+    fastadv.pgd_(x_adv, grad, x_nat, eps=0.3, alpha=0.05, lower=lower, upper=upper)
+    assert_ulp_close(x_adv, expected)
+
+
 def test_special_gradients(device_backend):
     """sign(0) = sign(NaN) = 0: those elements only get projected."""
     device, _ = device_backend

@@ -75,6 +75,30 @@ def test_every_method_trains_on_digits(tmp_path, method):
     assert acc == pytest.approx(last["test_clean_acc"], abs=1e-9)
 
 
+def test_free_training_moves_its_perturbation():
+    """Each replay's backward leaves the input gradient; δ takes one signed α step on it."""
+    from fastadv.models import build_model
+    from fastadv.train import TrainConfig
+    from fastadv.train.methods import make_method
+
+    cfg = TrainConfig.for_dataset("digits", method="free", free_replays=3)
+    data = load_dataset("digits", seed=0)
+    model = build_model("small-cnn", in_channels=1, image_size=8, width=1)
+    method = make_method(cfg, model, model, torch.device("cpu"))
+    x, y = data.x_train[:32], data.y_train[:32]
+    deltas = []
+    for loss, _ in method.losses(x, y):
+        model.zero_grad()
+        loss.backward()
+        deltas.append(method.delta)  # the δ of the previous replay, until the generator moves
+    deltas.append(method.delta)
+    assert len(deltas) == 4 and deltas[0].abs().max() == 0  # starts at zero
+    for before, after in zip(deltas[1:], deltas[2:]):
+        assert not torch.equal(before, after)
+    assert 0 < deltas[-1].abs().max() <= cfg.eps + 1e-6
+    assert ((x + deltas[-1]) >= 0).all() and ((x + deltas[-1]) <= 1).all()
+
+
 def test_pgd_training_is_robust_and_standard_is_not(tmp_path):
     """The paper's claim at toy size: same data, model and eps, only the training differs."""
     robust = {}

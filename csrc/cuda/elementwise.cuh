@@ -144,6 +144,9 @@ __device__ __forceinline__ IndexCursor<sizeof...(P)> per_example(const Layout& L
     c.index = L.example(i);
     c.offset = i - c.index * L.example_size;
     c.period = L.example_size;
+    // Wrap after the last example: the step past a thread's last element then reloads
+    // example 0 instead of reading one past the end of eps/alpha.
+    c.wrap = (L.numel + L.example_size - 1) / L.example_size;
   }
   c.load();
   return c;

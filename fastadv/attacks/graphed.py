@@ -12,39 +12,53 @@ from .pgd import PRECISIONS, _check_inputs, _Config, attack_chunk, attack_mode
 
 
 class GraphedPGD:
-    """PGD with float ``eps``/``alpha``, captured in a CUDA graph for each new input shape
-    (and layout, dtype, device) and replayed afterwards; the random start is drawn afresh on
-    every replay. Call as ``x_adv, loss, fooled = graphed(x, y)``.
+    """PGD with float ``eps``/``alpha``, captured in a CUDA graph per input shape (and
+    layout, dtype, device) and replayed afterwards; the random start is drawn afresh on every
+    replay. Call as ``x_adv, loss, fooled = graphed(x, y)``.
+
+    A shape is captured the second time it is seen (``capture_after`` earlier calls run
+    eagerly), so one-off shapes, such as the shrinking batches of early-stopped restarts,
+    cost no capture; at most ``max_graphs`` shapes are kept, later ones run eagerly.
 
     The graph freezes the model's mode and parameters' ``requires_grad`` as they were at
     capture (eval mode and frozen parameters, as in :func:`fastadv.pgd`); a model whose
-    weights are replaced (not updated in place) needs a new GraphedPGD.
+    weights are replaced (not updated in place) needs a new GraphedPGD. Labels are checked
+    on the eager calls, not on replays.
     """
 
     def __init__(self, model: nn.Module, *, eps: float, alpha: float, steps: int,
                  norm: str = "linf", random_start: bool = True, loss: str = "ce",
                  targeted: bool = False, lower: float = 0.0, upper: float = 1.0,
                  precision: str = "fp32", eval_mode: bool = True, warmup: int = 2,
-                 evaluate: bool = True):
+                 evaluate: bool = True, capture_after: int = 1, max_graphs: int = 8,
+                 _weak_model: bool = False):
         for name, value in (("eps", eps), ("alpha", alpha), ("lower", lower), ("upper", upper)):
             if isinstance(value, Tensor):
                 raise TypeError(f"{name} must be a float for a CUDA-graphed attack "
                                 "(per-example tensors: use fastadv.pgd without cuda_graph)")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.model = model
+        # The cache below holds its GraphedPGDs weakly keyed by the model: a strong reference
+        # back to the model would keep it (and its graphs' memory) alive forever.
+        self._model = weakref.ref(model) if _weak_model else (lambda: model)
         self.cfg = _Config(eps, alpha, steps, norm, random_start, loss, targeted, lower, upper,
                            precision, None)
         self.eval_mode = eval_mode
         self.warmup = warmup
         self.evaluate = evaluate  # False: no final forward; returns (x_adv, None, None)
+        self.capture_after, self.max_graphs = capture_after, max_graphs
         self._graphs: dict = {}
+        self._seen: dict = {}  # eager calls per shape not captured (yet)
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model()
 
     def _key(self, x: Tensor, y: Tensor):
         return tuple(x.shape), x.stride(), x.dtype, x.device, y.dtype
 
     def _capture(self, x: Tensor, y: Tensor):
-        static_x, static_y = x.clone(), y.clone()
+        static_x, static_y = x.detach().clone(), y.clone()
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up compiles kernels and checks the labels
@@ -52,7 +66,9 @@ class GraphedPGD:
                 attack_chunk(self.model, static_x, static_y, self.cfg, self.evaluate)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # A capture stream on x's device (torch's default one lives on whichever device was
+        # current when it was first made).
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=x.device)):
             outputs = attack_chunk(self.model, static_x, static_y, self.cfg, self.evaluate)
         return graph, static_x, static_y, outputs
 
@@ -63,8 +79,16 @@ class GraphedPGD:
                                  1, self.cfg.norm, self.cfg.loss, self.cfg.targeted,
                                  self.cfg.lower, self.cfg.upper, self.cfg.precision, None)
         key = self._key(x, y)
-        with attack_mode(self.model, eval_mode=self.eval_mode, input_grad_only=True):
+        # x's device current: the copies into the static inputs and the replay then run in
+        # order on that device's current stream.
+        with torch.cuda.device(x.device), \
+                attack_mode(self.model, eval_mode=self.eval_mode, input_grad_only=True):
             if key not in self._graphs:
+                seen = self._seen.get(key, 0)
+                if seen < self.capture_after or len(self._graphs) >= self.max_graphs:
+                    self._seen[key] = seen + 1
+                    return attack_chunk(self.model, x, y, self.cfg, self.evaluate)
+                self._seen.pop(key, None)
                 self._graphs[key] = self._capture(x, y)
             graph, static_x, static_y, outputs = self._graphs[key]
             static_x.copy_(x)
@@ -86,8 +110,10 @@ def graphed_chunk_fn(model: nn.Module, x: Tensor, cfg: _Config):
     if cfg.generator is not None:
         raise ValueError("cuda_graph=True draws its random starts from the device's default "
                          "generator; pass generator=None")
+    # The mode is in the key: a graph captured with train-mode BatchNorm must not replay
+    # for an eval-mode attack.
     key = (cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start, cfg.loss, cfg.targeted,
-           cfg.lower, cfg.upper, cfg.precision)
+           cfg.lower, cfg.upper, cfg.precision, model.training)
     per_model = _CACHE.setdefault(model, {})
 
     def graphed(evaluate: bool) -> GraphedPGD:
@@ -97,7 +123,7 @@ def graphed_chunk_fn(model: nn.Module, x: Tensor, cfg: _Config):
                 model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, norm=cfg.norm,
                 random_start=cfg.random_start, loss=cfg.loss, targeted=cfg.targeted,
                 lower=cfg.lower, upper=cfg.upper, precision=cfg.precision,
-                eval_mode=not model.training, evaluate=evaluate)
+                eval_mode=not model.training, evaluate=evaluate, _weak_model=True)
         return per_model[key, evaluate]
 
     def chunk_fn(x_c, y_c, _cfg, evaluate):

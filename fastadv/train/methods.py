@@ -95,12 +95,13 @@ class Free(Method):
         if self.delta is None or self.delta.shape != x.shape:
             self.delta = torch.zeros_like(x)
         for _ in range(c.free_replays):
-            x_adv = (x + self.delta).clamp_(0.0, 1.0).requires_grad_(True)
-            logits = self.logits(x_adv)
+            leaf = (x + self.delta).clamp_(0.0, 1.0).requires_grad_(True)
+            logits = self.logits(leaf)
             yield F.cross_entropy(logits, y), logits
-            x_adv = x_adv.detach()
-            ops.pgd_(x_adv, x_adv.grad if x_adv.grad is not None else torch.zeros_like(x_adv),
-                     x, eps=c.eps, alpha=c.alpha)
+            # The loop's backward left the input gradient on the leaf: one signed step on δ.
+            grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+            x_adv = leaf.detach()
+            ops.pgd_(x_adv, grad, x, eps=c.eps, alpha=c.alpha)
             self.delta = x_adv - x
 
     def state(self):
