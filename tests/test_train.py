@@ -99,6 +99,28 @@ def test_free_training_moves_its_perturbation():
     assert ((x + deltas[-1]) >= 0).all() and ((x + deltas[-1]) <= 1).all()
 
 
+def test_trades_inner_maximisation_raises_the_kl_inside_the_ball():
+    import torch.nn.functional as F
+
+    from fastadv.train import TrainConfig
+    from fastadv.train.methods import make_method
+    from digits_model import train_digits_cnn
+
+    cfg = TrainConfig.for_dataset("digits", method="trades", steps=10)
+    model, x, _ = train_digits_cnn(epochs=5)
+    method = make_method(cfg, model, model, torch.device("cpu"))
+    x_adv = method.adversarial(x)
+
+    def kl(points):
+        with torch.no_grad():
+            return F.kl_div(F.log_softmax(model(points), 1), F.softmax(model(x), 1),
+                            reduction="batchmean").item()
+
+    assert ((x_adv - x).abs() <= cfg.eps + 1e-6).all()
+    assert (x_adv >= 0).all() and (x_adv <= 1).all()
+    assert kl(x_adv) > 10 * kl((x + 0.001 * torch.randn_like(x)).clamp(0, 1)) + 1e-3
+
+
 def test_pgd_training_is_robust_and_standard_is_not(tmp_path):
     """The paper's claim at toy size: same data, model and eps, only the training differs."""
     robust = {}
