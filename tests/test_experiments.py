@@ -215,6 +215,21 @@ def test_plot_run_draws_the_training_loss(runs, tmp_path, capsys):
     assert os.path.exists(prefix + ".json") and is_png(prefix + ".png")
 
 
+def test_plot_run_draws_the_loss_terms_of_trades(tmp_path):
+    run = tmp_path / "trades"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "trades", "dataset": "digits",
+                                                 "model": "small-cnn", "eps": 0.2}))
+    records = [{"epoch": e, "loss": 2.0 / e, "loss_parts": {"natural_ce": 1.0 / e,
+                                                            "robust_kl": 0.5 / e}}
+               for e in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["plot-run", str(run)]) == 0
+    c = read(str(run / "run.json"))["curves"]
+    assert c["loss_parts"] == {"natural_ce": [1.0, 0.5, 1 / 3], "robust_kl": [0.5, 0.25, 0.5 / 3]}
+    assert is_png(str(run / "run.png"))
+
+
 def test_plot_run_bad_input(tmp_path, capsys):
     assert main(["plot-run", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err

@@ -60,6 +60,12 @@ def test_every_method_trains_on_digits(tmp_path, method):
             assert 0.0 <= r[key] <= 1.0
         assert r["val_robust_acc"] <= r["val_clean_acc"] + 1 / 144 * 8  # attack hurts
     assert records[-1]["val_clean_acc"] > 0.3  # learning, far above chance (10 %)
+    if method == "trades":  # its two terms, logged next to the total (beta = 6)
+        for r in records:
+            parts = r["loss_parts"]
+            assert r["loss"] == pytest.approx(parts["natural_ce"] + 6.0 * parts["robust_kl"])
+    else:
+        assert all("loss_parts" not in r for r in records)
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["method"] == method and config["eps"] == pytest.approx(0.2)
     results = json.load(open(os.path.join(out, "results.json")))
@@ -198,6 +204,9 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, method, args, tot
     assert [r["epoch"] for r in read_metrics(killed)] == [1, 2, 3]
     assert [r["loss"] for r in read_metrics(killed)] == pytest.approx(
         [r["loss"] for r in read_metrics(whole)], rel=1e-9)
+    assert [r.get("loss_parts") for r in read_metrics(killed)] == [
+        None if "loss_parts" not in r else pytest.approx(r["loss_parts"], rel=1e-9)
+        for r in read_metrics(whole)]
 
 
 def test_resume_before_the_first_checkpoint_starts_over(tmp_path):

@@ -83,6 +83,10 @@ def run(run_dir: str) -> dict:
               "lr": [r.get("lr") for r in records]}
     for key in ACCURACIES:
         curves[key] = [r.get(key) for r in records]
+    parts = sorted({name for r in records for name in r.get("loss_parts", {})})
+    if parts:  # the method's loss terms (TRADES: natural CE, robust KL)
+        curves["loss_parts"] = {n: [r.get("loss_parts", {}).get(n) for r in records]
+                                for n in parts}
     best = [r["epoch"] for r in records if r.get("best")]
     method = config.get("method")
     return {
@@ -117,7 +121,13 @@ def plot(result: dict, path: str):
         title += f", eps={result['eps']:.3g}"
     fig.suptitle(title)
 
-    ax_loss.plot(c["epoch"], c["loss"], "o-", ms=3, color="C3")
+    ax_loss.plot(c["epoch"], c["loss"], "o-", ms=3, color="C3",
+                 label="training loss" if c.get("loss_parts") else None)
+    for i, (name, values) in enumerate(c.get("loss_parts", {}).items()):
+        pts = [(e, v) for e, v in zip(c["epoch"], values) if v is not None]
+        ax_loss.plot(*zip(*pts), "--", color=f"C{4 + i}", label=name)
+    if c.get("loss_parts"):
+        ax_loss.legend(fontsize=7)
     positive = [v for v in c["loss"] if v > 0]
     if positive and len(positive) == len(c["loss"]) and max(positive) / min(positive) > 30:
         ax_loss.set_yscale("log")

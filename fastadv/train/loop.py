@@ -105,6 +105,7 @@ class Progress:
     best_epoch: int | None = None
     history: list = field(default_factory=list)
     loss_sum: float = 0.0
+    part_sums: dict = field(default_factory=dict)  # the method's loss terms (TRADES: CE, KL)
     correct: float = 0.0
     seen: float = 0.0  # losses/predictions counted (free AT: every replay)
     images: float = 0.0  # examples of the epoch trained on so far
@@ -112,6 +113,7 @@ class Progress:
 
     def reset_epoch(self):
         self.step_in_epoch, self.loss_sum, self.correct, self.seen = 0, 0.0, 0.0, 0.0
+        self.part_sums = {}
         self.images, self.seconds = 0.0, 0.0
 
 
@@ -129,11 +131,11 @@ def save_checkpoint(path, ctx, cfg, args, raw, optimizer, sched, progress, metho
     """Gathers every rank's RNG state, running sums and method state; rank 0 writes."""
     per_rank = {"rng": rng_state(), "method": method.state(),
                 "sums": [progress.loss_sum, progress.correct, progress.seen, progress.images,
-                         progress.seconds]}
+                         progress.seconds], "part_sums": dict(progress.part_sums)}
     ranks = distributed.gather_to_main(ctx, per_rank)
     if ctx.is_main:
         state = {k: v for k, v in progress.__dict__.items()
-                 if k not in ("loss_sum", "correct", "seen", "images", "seconds")}
+                 if k not in ("loss_sum", "part_sums", "correct", "seen", "images", "seconds")}
         save_atomic({
             "format": FORMAT, "config": cfg.to_dict(), "model_args": args,
             "model": _plain_state_dict(raw), "optimizer": optimizer.state_dict(),
@@ -247,6 +249,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
             method.load_state(mine["method"])
             (progress.loss_sum, progress.correct, progress.seen, progress.images,
              progress.seconds) = mine["sums"]
+            progress.part_sums = dict(mine.get("part_sums", {}))
         else:
             if progress.step_in_epoch:
                 raise TrainConfigError(f"--resume: {last} was written mid-epoch by "
@@ -298,6 +301,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
                 with torch.no_grad():
                     # sums stay on the device (no sync per step), in fp64 over a long epoch
                     progress.loss_sum += loss.detach().double() * len(y)
+                    for name, part in method.loss_parts.items():
+                        progress.part_sums[name] = (progress.part_sums.get(name, 0.0)
+                                                    + part.detach().double() * len(y))
                     progress.correct += (logits.argmax(1) == y).sum()
                     progress.seen += len(y)
             progress.images += len(y)
@@ -322,11 +328,15 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
         loss_sum, correct, seen, images = distributed.all_sum(
             ctx, [progress.loss_sum, progress.correct, progress.seen, progress.images])
         seconds = max(distributed.all_sum(ctx, [progress.seconds])[0] / ctx.world_size, 1e-9)
+        part_names = sorted(progress.part_sums)  # the same on every rank (the same method)
+        part_sums = distributed.all_sum(ctx, [progress.part_sums[n] for n in part_names])
         distributed.broadcast_buffers(ctx, raw)  # evaluate (and save) rank 0's BN statistics
         record = {"epoch": epoch + 1, "step": progress.global_step,
                   "lr": optimizer.param_groups[0]["lr"], "loss": loss_sum / seen,
                   "batch_acc": correct / seen, "images_per_s": images / seconds,
                   "seconds": seconds}
+        if part_names:
+            record["loss_parts"] = {n: v / seen for n, v in zip(part_names, part_sums)}
 
         # ---- evaluation, model selection (Rice et al.: best robust validation accuracy)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -382,6 +392,7 @@ def _to_floats(progress: Progress) -> None:
         value = getattr(progress, name)
         if isinstance(value, Tensor):
             setattr(progress, name, float(value))
+    progress.part_sums = {k: float(v) for k, v in progress.part_sums.items()}
 
 
 def _sync(device: torch.device) -> None:

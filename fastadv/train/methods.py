@@ -33,6 +33,8 @@ class Method:
     def __init__(self, cfg: TrainConfig, model: nn.Module, attack_model: nn.Module,
                  device: torch.device):
         self.cfg, self.model, self.attack_model, self.device = cfg, model, attack_model, device
+        # Named terms of the loss just yielded, logged per epoch next to it (TRADES).
+        self.loss_parts: dict[str, Tensor] = {}
 
     def logits(self, x: Tensor) -> Tensor:
         with autocast(self.device, self.cfg.precision):
@@ -140,7 +142,9 @@ class TRADES(Method):
         logits_adv = self.logits(x_adv)
         kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1),
                       reduction="batchmean")
-        yield F.cross_entropy(logits_nat, y) + self.cfg.trades_beta * kl, logits_adv
+        natural = F.cross_entropy(logits_nat, y)
+        self.loss_parts = {"natural_ce": natural.detach(), "robust_kl": kl.detach()}
+        yield natural + self.cfg.trades_beta * kl, logits_adv
 
 
 METHOD_CLASSES = {"pgd": PGDTraining, "fgsm": FGSM, "fgsm-rs": FGSMRS, "free": Free, "trades": TRADES,
