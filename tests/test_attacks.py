@@ -244,3 +244,41 @@ def test_model_with_wrong_output_shape(digits):
     with pytest.raises(ValueError, match=r"logits of shape \[B, num_classes\]"):
         fastadv.pgd(lambda t: model(t).sum(1), x, y, eps=EPS, alpha=ALPHA, steps=2)
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("lower, upper", [
+    (torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1), torch.tensor(0.8)),  # per channel + 0-dim
+    (torch.tensor(0.25), torch.tensor([0.7, 0.8, 0.9]).view(1, 3, 1, 1)),
+    (0.2, torch.tensor([0.7, 0.8, 0.9]).view(3, 1, 1)),
+])
+def test_tensor_bounds_per_channel_or_single_on_images(lower, upper):
+    def as_channels(bound):  # [C, 1, 1] or [1, 1, 1]: broadcasts against [B, C, H, W]
+        return torch.as_tensor(bound, dtype=torch.float32).reshape(-1, 1, 1)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10))
+    x = 0.3 + 0.4 * torch.rand(5, 3, 8, 8)
+    y = torch.randint(0, 10, (5,))
+    eps = 0.1
+    for restarts in (1, 2):
+        x_adv = fastadv.pgd(model, x, y, eps=eps, alpha=0.03, steps=3, restarts=restarts,
+                            lower=lower, upper=upper)
+        lo = torch.maximum(as_channels(lower), x - eps)
+        hi = torch.minimum(as_channels(upper), x + eps)
+        assert ((x_adv >= lo) & (x_adv <= hi)).all()
+        assert (x_adv != x).any()
+
+
+
+def test_graphed_pgd_checks_its_settings_without_a_gpu(digits):
+    model, _, _ = digits
+    with pytest.raises(ValueError, match="max_graphs must be an int >= 0"):
+        fastadv.GraphedPGD(model, eps=EPS, alpha=ALPHA, steps=2, max_graphs=-1)
+    with pytest.raises(ValueError, match="capture_after must be an int >= 0"):
+        fastadv.GraphedPGD(model, eps=EPS, alpha=ALPHA, steps=2, capture_after=1.5)
+    with pytest.raises(TypeError, match="eps must be a float for a CUDA-graphed attack"):
+        fastadv.GraphedPGD(model, eps=torch.tensor(EPS), alpha=ALPHA, steps=2)
+    atk = fastadv.GraphedPGD(model, eps=EPS, alpha=ALPHA, steps=2)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        atk(torch.rand(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))

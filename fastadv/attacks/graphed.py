@@ -36,6 +36,9 @@ class GraphedPGD:
             if isinstance(value, Tensor):
                 raise TypeError(f"{name} must be a float for a CUDA-graphed attack "
                                 "(per-example tensors: use fastadv.pgd without cuda_graph)")
+        for name, value in (("capture_after", capture_after), ("max_graphs", max_graphs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         # The cache below holds its GraphedPGDs weakly keyed by the model: a strong reference

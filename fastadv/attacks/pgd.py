@@ -275,7 +275,16 @@ def _check_inputs(model, x, y, eps, alpha, steps, restarts, norm, loss, targeted
     # eps/alpha/lower/upper/norm: the op layer's checks, once for the whole attack.
     e_t, e, a_t, a, lo_t, lo, hi_t, hi, norm = ball_args(x, eps, alpha, lower, upper, norm)
     pick = lambda t, v: t if t is not None else v  # noqa: E731
-    return x, y.long(), pick(e_t, e), pick(a_t, a), pick(lo_t, lo), pick(hi_t, hi), norm
+    return (x, y.long(), pick(e_t, e), pick(a_t, a), pick(_channel_shaped(lo_t, x), lo),
+            pick(_channel_shaped(hi_t, x), hi), norm)
+
+
+def _channel_shaped(bound, x: Tensor):
+    """A flat [C] bound as [C, 1, ...]: the ops, called again every step, check it against x
+    (a flat [C] would otherwise read as x's last dimension)."""
+    if bound is None or x.dim() < 3:
+        return bound
+    return bound.view(-1, *[1] * (x.dim() - 2))
 
 
 def _check_logits(logits: Tensor, y: Tensor) -> None:

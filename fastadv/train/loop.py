@@ -329,7 +329,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
             ctx, [progress.loss_sum, progress.correct, progress.seen, progress.images])
         seconds = max(distributed.all_sum(ctx, [progress.seconds])[0] / ctx.world_size, 1e-9)
         part_names = sorted(progress.part_sums)  # the same on every rank (the same method)
-        part_sums = distributed.all_sum(ctx, [progress.part_sums[n] for n in part_names])
+        part_sums = (distributed.all_sum(ctx, [progress.part_sums[n] for n in part_names])
+                     if part_names else [])
         distributed.broadcast_buffers(ctx, raw)  # evaluate (and save) rank 0's BN statistics
         record = {"epoch": epoch + 1, "step": progress.global_step,
                   "lr": optimizer.param_groups[0]["lr"], "loss": loss_sum / seen,
