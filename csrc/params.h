@@ -37,23 +37,38 @@ struct BallParams {
   PerIndex lower, upper;  // per channel
 };
 
-// sign(g) with sign(0) = sign(NaN) = 0.
-FASTADV_HD float sign_or_zero(float g) { return g > 0.f ? 1.f : (g < 0.f ? -1.f : 0.f); }
+// sign(g) with sign(0) = sign(NaN) = 0, as (g > 0) - (g < 0) in the reference. Both
+// comparisons unconditional: the nested form keeps a branch, and GCC's AVX2 loops then stay
+// scalar (AVX-512 if-converts it with masks).
+FASTADV_HD float sign_or_zero(float g) {
+  const float positive = g > 0.f ? 1.f : 0.f;
+  const float negative = g < 0.f ? 1.f : 0.f;
+  return positive - negative;
+}
+
+// max and min that return NaN when either argument is NaN, like torch.maximum/minimum and
+// torch.clamp in the reference. Not fmaxf/fminf (they drop a NaN for the other argument),
+// nor a bare `b > a ? b : a` (x86 maxps, CUDA FMNMX: a NaN b gives a). Both comparisons are
+// made unconditionally: nested as `b != b ? b : (b > a ? b : a)` GCC keeps a branch (it may
+// not speculate the signalling `>` under -ftrapping-math) and the CPU loops stop vectorising.
+FASTADV_HD float max_nan(float a, float b) {
+  const float larger = b > a ? b : a;  // a when either is NaN
+  return b != b ? b : larger;
+}
+FASTADV_HD float min_nan(float a, float b) {
+  const float smaller = b < a ? b : a;  // a when either is NaN
+  return b != b ? b : smaller;
+}
 
 // max(lower, x_nat - eps) and min(upper, x_nat + eps): the ball and the valid range in one pair.
 FASTADV_HD float combined_lower(float x_nat, float eps, float lower) {
-  float t = x_nat - eps;
-  return t > lower ? t : lower;
+  return max_nan(x_nat - eps, lower);
 }
 FASTADV_HD float combined_upper(float x_nat, float eps, float upper) {
-  float t = x_nat + eps;
-  return t < upper ? t : upper;
+  return min_nan(x_nat + eps, upper);
 }
 
-// min(max(v, lo), hi) that keeps a NaN v as NaN, like torch.clamp.
-FASTADV_HD float clamp_keep_nan(float v, float lo, float hi) {
-  v = v < lo ? lo : v;
-  return v > hi ? hi : v;
-}
+// min(max(v, lo), hi) as torch.clamp: NaN when v, lo or hi is NaN (lo > hi gives hi).
+FASTADV_HD float clamp_nan(float v, float lo, float hi) { return min_nan(max_nan(v, lo), hi); }
 
 }  // namespace fastadv

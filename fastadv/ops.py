@@ -23,20 +23,33 @@ def _kernel(backend: str, name: str):
     if backend == "triton":
         from . import kernels
 
-        return _on_tensor_device(getattr(kernels, name))
+        return _triton_launcher(name, getattr(kernels, name))
     return getattr(torch.ops.fastadv, f"_{name}_kernel_").default
 
 
-def _on_tensor_device(launch):
-    """Triton launches on the current CUDA device and its stream: make that x's device (the
-    C++ kernels do the same with a CUDAGuard)."""
+class _TritonFailed(Exception):
+    """A Triton kernel failed to compile or launch (recorded in backends): dispatch again."""
+
+
+def _triton_launcher(name: str, launch):
+    """Runs a Triton launcher on x's device (the current CUDA device and its stream are where
+    Triton launches; the C++ kernels do the same with a CUDAGuard). A kernel that fails to
+    compile or launch, unforced, is recorded and raises _TritonFailed so that the op runs the
+    next backend. Nothing has been written then: Triton compiles before it launches, and a
+    launch that fails enqueues nothing."""
     @functools.wraps(launch)
-    def on_device(x: Tensor, *args):
-        if x.is_cuda and x.device.index != torch.cuda.current_device():
-            with torch.cuda.device(x.device):
-                return launch(x, *args)
-        return launch(x, *args)
-    return on_device
+    def run(x: Tensor, *args):
+        try:
+            if x.is_cuda and x.device.index != torch.cuda.current_device():
+                with torch.cuda.device(x.device):
+                    return launch(x, *args)
+            return launch(x, *args)
+        except Exception as exc:
+            if backends.forced() == "triton":
+                raise
+            backends.triton_failed(x.device, name, exc)
+            raise _TritonFailed(name) from exc
+    return run
 
 
 def _uses_reference(backend: str, *tensors: Tensor) -> bool:
@@ -56,6 +69,15 @@ def _launch_flat(backend: str, name: str, x: Tensor, reads: list, *params) -> No
     _kernel(backend, name)(work, *reads, *params, *layout)
     if work is not x:
         x.copy_(work)
+
+
+def _check_devices(op: str, written: Tensor, **others: Optional[Tensor]) -> None:
+    """The raw ops check devices too (a kernel handed a CPU seed for a CUDA x would read host
+    memory on the GPU), before any backend runs: a Triton failure here is no kernel's fault."""
+    for name, t in others.items():
+        if t is not None and t.device != written.device:
+            raise ValueError(f"fastadv::{op}: {name} is on {t.device} but the tensor written is "
+                             f"on {written.device}")
 
 
 def _scalar_or_tensor(per: Optional[Tensor], value: float):
@@ -97,7 +119,10 @@ def _pgd_op(
     upper_per_channel: Optional[Tensor], upper: float,
     norm: str,
 ) -> None:
-    backend = backends.select(x_adv.device)
+    _check_devices("pgd_", x_adv, grad=grad, x_nat=x_nat, eps_per_example=eps_per_example,
+                   alpha_per_example=alpha_per_example, lower_per_channel=lower_per_channel,
+                   upper_per_channel=upper_per_channel)
+    backend = backends.select(x_adv.device, f"{norm}_step")
     if _uses_reference(backend, x_adv, grad):
         step = reference.linf_step if norm == "linf" else reference.l2_step
         x_adv.copy_(step(
@@ -106,9 +131,13 @@ def _pgd_op(
             _scalar_or_tensor(lower_per_channel, lower), _scalar_or_tensor(upper_per_channel, upper),
         ))
         return
-    _launch_flat(backend, f"{norm}_step", x_adv, [grad, x_nat],
-                 eps_per_example, eps, alpha_per_example, alpha,
-                 lower_per_channel, lower, upper_per_channel, upper)
+    try:
+        _launch_flat(backend, f"{norm}_step", x_adv, [grad, x_nat],
+                     eps_per_example, eps, alpha_per_example, alpha,
+                     lower_per_channel, lower, upper_per_channel, upper)
+    except _TritonFailed:  # x_adv untouched; the next backend takes this call and later ones
+        _pgd_op(x_adv, grad, x_nat, eps_per_example, eps, alpha_per_example, alpha,
+                lower_per_channel, lower, upper_per_channel, upper, norm)
 
 
 @torch.library.register_fake("fastadv::pgd_", lib=_LIB)
@@ -165,15 +194,21 @@ def _random_init_op(
     lower_per_channel: Optional[Tensor], lower: float,
     upper_per_channel: Optional[Tensor], upper: float,
 ) -> None:
-    backend = backends.select(x_adv.device)
+    _check_devices("random_init_", x_adv, x_nat=x_nat, seed=seed, eps_per_example=eps_per_example,
+                   lower_per_channel=lower_per_channel, upper_per_channel=upper_per_channel)
+    backend = backends.select(x_adv.device, "random_init")
     if _uses_reference(backend, x_adv):
         x_adv.copy_(reference.random_init(
             x_adv, x_nat, seed, _scalar_or_tensor(eps_per_example, eps),
             _scalar_or_tensor(lower_per_channel, lower), _scalar_or_tensor(upper_per_channel, upper),
         ))
         return
-    _launch_flat(backend, "random_init", x_adv, [x_nat], seed, eps_per_example, eps,
-                 lower_per_channel, lower, upper_per_channel, upper)
+    try:
+        _launch_flat(backend, "random_init", x_adv, [x_nat], seed, eps_per_example, eps,
+                     lower_per_channel, lower, upper_per_channel, upper)
+    except _TritonFailed:  # x_adv untouched; the next backend takes this call and later ones
+        _random_init_op(x_adv, x_nat, seed, eps_per_example, eps, lower_per_channel, lower,
+                        upper_per_channel, upper)
 
 
 @torch.library.register_fake("fastadv::random_init_", lib=_LIB)
@@ -183,7 +218,8 @@ def _(x_adv, x_nat, seed, *args) -> None:
 
 @_register("keep_best_")
 def _keep_best_op(best_x: Tensor, best_loss: Tensor, x: Tensor, loss: Tensor) -> None:
-    backend = backends.select(best_x.device)
+    _check_devices("keep_best_", best_x, best_loss=best_loss, x=x, loss=loss)
+    backend = backends.select(best_x.device, "keep_best")
     if _uses_reference(backend, best_x, best_loss):
         new_x, new_loss = reference.keep_best(best_x, best_loss, x, loss)
         best_x.copy_(new_x)
@@ -194,7 +230,11 @@ def _keep_best_op(best_x: Tensor, best_loss: Tensor, x: Tensor, loss: Tensor) ->
     work_loss = best_loss if best_loss.is_contiguous() else best_loss.contiguous()
     x = x if same_strides(x, work_x) else torch.empty_like(work_x).copy_(x)
     example_size = flat_layout(work_x)[0]
-    _kernel(backend, "keep_best")(work_x, work_loss, x, loss.contiguous(), example_size)
+    try:
+        _kernel(backend, "keep_best")(work_x, work_loss, x, loss.contiguous(), example_size)
+    except _TritonFailed:  # nothing written; the next backend takes this call and later ones
+        _keep_best_op(best_x, best_loss, x, loss)
+        return
     if work_x is not best_x:
         best_x.copy_(work_x)
     if work_loss is not best_loss:

@@ -76,7 +76,8 @@ def _example_norm(t: Tensor) -> Tensor:
 
 def l2_step(x_adv, grad, x_nat, eps, alpha, lower, upper) -> Tensor:
     """Per example: ``v = x_adv + alpha*g/||g||`` (no step where g = 0; NaN entries of g
-    count as 0), projected onto ``||v - x_nat||_2 <= eps``, then clipped to [lower, upper]."""
+    count as 0), projected onto ``||v - x_nat||_2 <= eps``, then clipped to [lower, upper].
+    An example with a NaN in x_nat or eps comes out all NaN."""
     dt = compute_dtype(x_adv)
     eps, alpha = per_example(eps, x_adv, dt), per_example(alpha, x_adv, dt)
     lower, upper = per_channel(lower, x_adv, dt), per_channel(upper, x_adv, dt)
@@ -89,8 +90,10 @@ def l2_step(x_adv, grad, x_nat, eps, alpha, lower, upper) -> Tensor:
     v = x_adv.to(dt) + g * factor
     delta = v - x_nat
     delta_norm = _example_norm(delta)
-    safe_delta_norm = torch.where(delta_norm > 0, delta_norm, torch.ones_like(delta_norm))
-    projected = torch.where(delta_norm > eps, x_nat + delta * (eps / safe_delta_norm), v)
+    # Written so that a NaN distance or eps (a NaN in x_nat or eps) projects, to NaN: a
+    # corrupted example comes out all NaN instead of as an unprojected step.
+    safe_delta_norm = torch.where(delta_norm == 0, torch.ones_like(delta_norm), delta_norm)
+    projected = torch.where(delta_norm <= eps, v, x_nat + delta * (eps / safe_delta_norm))
     return clamp(projected, lower, upper)
 
 

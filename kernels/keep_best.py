@@ -4,7 +4,9 @@ best_loss) and its update cannot race with other programs of the same example.""
 import triton
 import triton.language as tl
 
+# Two block sizes only (each a compiled variant per dtype): short examples loop over 128.
 BLOCK_SIZE = 1024
+SMALL_BLOCK_SIZE = 128
 
 
 @triton.jit
@@ -29,5 +31,5 @@ def keep_best(best_x, best_loss, x, loss, example_size):
         return
     _keep_best_kernel[(examples,)](
         best_x, best_loss, x, loss, example_size,
-        BLOCK=min(BLOCK_SIZE, triton.next_power_of_2(example_size)),
+        BLOCK=BLOCK_SIZE if example_size >= BLOCK_SIZE else SMALL_BLOCK_SIZE,
     )

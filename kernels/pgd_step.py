@@ -3,39 +3,82 @@
 import triton
 import triton.language as tl
 
-from ._common import channels_of, clamp_keep_nan, combined_bounds, dummy_if_none, per_index
+from ._common import (PARAMETER_POINTERS, channels_of, clamp_nan, combined_bounds,
+                      dummy_if_none, per_channel, per_example, per_index)
+from ._split import EDGE, aligned_split, programs, shifted
 
 LINF_BLOCK = 1024
+# Two block sizes only (each is a compiled variant per dtype and parameter kind): examples
+# shorter than L2_BLOCK loop over L2_SMALL_BLOCK lanes.
 L2_BLOCK = 1024
+L2_SMALL_BLOCK = 128
 
 
 @triton.jit
+def _linf_block(
+    x_ptr, grad_ptr, x_nat_ptr, start, lanes, count, g0,
+    eps_ptr, eps_value, alpha_ptr, alpha_value,
+    lower_ptr, lower_value, upper_ptr, upper_value,
+    example_size, channel_div, channels,
+    PER_EXAMPLE_EPS: tl.constexpr, PER_EXAMPLE_ALPHA: tl.constexpr,
+    PER_CHANNEL_LOWER: tl.constexpr, PER_CHANNEL_UPPER: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The step on `count` elements at x_ptr + start + lanes, flat elements g0 + lanes."""
+    mask = lanes < count
+    # fp32 math whatever the storage dtype (also sidesteps the interpreter's bf16 issues).
+    x = tl.load(x_ptr + start + lanes, mask=mask).to(tl.float32)
+    g = tl.load(grad_ptr + start + lanes, mask=mask).to(tl.float32)
+    x_nat = tl.load(x_nat_ptr + start + lanes, mask=mask).to(tl.float32)
+    eps = per_example(eps_ptr, eps_value, g0, lanes, mask, example_size, PER_EXAMPLE_EPS, BLOCK)
+    alpha = per_example(alpha_ptr, alpha_value, g0, lanes, mask, example_size,
+                        PER_EXAMPLE_ALPHA, BLOCK)
+    lower = per_channel(lower_ptr, lower_value, g0, lanes, mask, channel_div, channels,
+                        PER_CHANNEL_LOWER, BLOCK)
+    upper = per_channel(upper_ptr, upper_value, g0, lanes, mask, channel_div, channels,
+                        PER_CHANNEL_UPPER, BLOCK)
+
+    step = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # sign(NaN) = 0
+    lo, hi = combined_bounds(x_nat, eps, lower, upper)
+    out = clamp_nan(x + alpha * step, lo, hi)
+    tl.store(x_ptr + start + lanes, out.to(x_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["head", "tail", "tail_start", "example_size", "channel_div",
+                               "channels"],
+            do_not_specialize_on_alignment=PARAMETER_POINTERS)
 def _linf_step_kernel(
     x_ptr, grad_ptr, x_nat_ptr,
     eps_ptr, eps_value, alpha_ptr, alpha_value,
     lower_ptr, lower_value, upper_ptr, upper_value,
-    numel, example_size, channel_div, channels,
+    body_numel, head, tail, tail_start, example_size, channel_div, channels,
     PER_EXAMPLE_EPS: tl.constexpr, PER_EXAMPLE_ALPHA: tl.constexpr,
     PER_CHANNEL_LOWER: tl.constexpr, PER_CHANNEL_UPPER: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, EDGE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < numel
-    # fp32 math whatever the storage dtype (also sidesteps the interpreter's bf16 issues).
-    x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
-    g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
-    x_nat = tl.load(x_nat_ptr + offsets, mask=mask).to(tl.float32)
-    example = offsets // example_size
-    channel = (offsets // channel_div) % channels
-    eps = per_index(eps_ptr, eps_value, example, mask, PER_EXAMPLE_EPS)
-    alpha = per_index(alpha_ptr, alpha_value, example, mask, PER_EXAMPLE_ALPHA)
-    lower = per_index(lower_ptr, lower_value, channel, mask, PER_CHANNEL_LOWER)
-    upper = per_index(upper_ptr, upper_value, channel, mask, PER_CHANNEL_UPPER)
-
-    step = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # sign(NaN) = 0
-    lo, hi = combined_bounds(x_nat, eps, lower, upper)
-    out = clamp_keep_nan(x + alpha * step, lo, hi)
-    tl.store(x_ptr + offsets, out.to(x_ptr.dtype.element_ty), mask=mask)
+    # Pointers start at the aligned body (kernels/_split.py); the last program does the
+    # head before it and the tail after it.
+    pid = tl.program_id(0)
+    full_blocks = body_numel // BLOCK  # (tl.cdiv's body_numel + BLOCK - 1 could overflow)
+    if pid < full_blocks + (full_blocks * BLOCK < body_numel):
+        start = pid.to(body_numel.dtype) * BLOCK
+        _linf_block(x_ptr, grad_ptr, x_nat_ptr, start, tl.arange(0, BLOCK),
+                    tl.minimum(body_numel - start, BLOCK).to(tl.int32), head + start,
+                    eps_ptr, eps_value, alpha_ptr, alpha_value,
+                    lower_ptr, lower_value, upper_ptr, upper_value,
+                    example_size, channel_div, channels, PER_EXAMPLE_EPS, PER_EXAMPLE_ALPHA,
+                    PER_CHANNEL_LOWER, PER_CHANNEL_UPPER, BLOCK)
+    else:
+        _linf_block(x_ptr, grad_ptr, x_nat_ptr, -head, tl.arange(0, EDGE), head, 0,
+                    eps_ptr, eps_value, alpha_ptr, alpha_value,
+                    lower_ptr, lower_value, upper_ptr, upper_value,
+                    example_size, channel_div, channels, PER_EXAMPLE_EPS, PER_EXAMPLE_ALPHA,
+                    PER_CHANNEL_LOWER, PER_CHANNEL_UPPER, BLOCK)
+        _linf_block(x_ptr, grad_ptr, x_nat_ptr, body_numel, tl.arange(0, EDGE), tail,
+                    tail_start,
+                    eps_ptr, eps_value, alpha_ptr, alpha_value,
+                    lower_ptr, lower_value, upper_ptr, upper_value,
+                    example_size, channel_div, channels, PER_EXAMPLE_EPS, PER_EXAMPLE_ALPHA,
+                    PER_CHANNEL_LOWER, PER_CHANNEL_UPPER, BLOCK)
 
 
 def linf_step(x, grad, x_nat, eps, eps_value, alpha, alpha_value, lower, lower_value,
@@ -43,15 +86,16 @@ def linf_step(x, grad, x_nat, eps, eps_value, alpha, alpha_value, lower, lower_v
     numel = x.numel()
     if numel == 0:
         return
-    grid = (triton.cdiv(numel, LINF_BLOCK),)
-    _linf_step_kernel[grid](
-        x, grad, x_nat,
+    split = aligned_split(numel, (x, grad, x_nat))
+    _linf_step_kernel[(programs(split, LINF_BLOCK),)](
+        shifted(x, split.head), shifted(grad, split.head), shifted(x_nat, split.head),
         dummy_if_none(eps, x), eps_value, dummy_if_none(alpha, x), alpha_value,
         dummy_if_none(lower, x), lower_value, dummy_if_none(upper, x), upper_value,
-        numel, example_size, channel_div, channels_of(lower, upper),
+        split.body, split.head, split.tail, split.head + split.body,
+        example_size, channel_div, channels_of(lower, upper),
         PER_EXAMPLE_EPS=eps is not None, PER_EXAMPLE_ALPHA=alpha is not None,
         PER_CHANNEL_LOWER=lower is not None, PER_CHANNEL_UPPER=upper is not None,
-        BLOCK=LINF_BLOCK,
+        BLOCK=LINF_BLOCK, EDGE=EDGE,
     )
 
 
@@ -69,7 +113,8 @@ def _stepped(x_ptr, grad_ptr, x_nat_ptr, offsets, mask, factor):
     return x + g * factor, x_nat
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["channel_div", "channels"],
+            do_not_specialize_on_alignment=PARAMETER_POINTERS)
 def _l2_step_kernel(
     x_ptr, grad_ptr, x_nat_ptr,
     eps_ptr, eps_value, alpha_ptr, alpha_value,
@@ -82,39 +127,43 @@ def _l2_step_kernel(
     # One program per example: both norms are reductions over the whole example.
     example = tl.program_id(0).to(tl.int64)
     base = example * example_size
+    x_ptr += base
+    grad_ptr += base
+    x_nat_ptr += base
     eps = per_index(eps_ptr, eps_value, example, True, PER_EXAMPLE_EPS)
     alpha = per_index(alpha_ptr, alpha_value, example, True, PER_EXAMPLE_ALPHA)
+    lanes = tl.arange(0, BLOCK)
 
     grad_sq = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, example_size, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        mask = offsets < example_size
-        g = _finite(tl.load(grad_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32))
+        mask = start + lanes < example_size
+        g = _finite(tl.load(grad_ptr + start + lanes, mask=mask, other=0.0).to(tl.float32))
         grad_sq += g * g
-    grad_norm = tl.sqrt(tl.sum(grad_sq, axis=0))
-    factor = tl.where(grad_norm > 0, alpha / tl.where(grad_norm > 0, grad_norm, 1.0), 0.0)
+    # sqrt_rn and div_rn: correctly rounded like torch (tl.sqrt and / may approximate).
+    grad_norm = tl.sqrt_rn(tl.sum(grad_sq, axis=0))
+    factor = tl.where(grad_norm > 0,
+                      tl.math.div_rn(alpha, tl.where(grad_norm > 0, grad_norm, 1.0)), 0.0)
 
     delta_sq = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, example_size, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        mask = offsets < example_size
-        v, x_nat = _stepped(x_ptr, grad_ptr, x_nat_ptr, base + offsets, mask, factor)
+        mask = start + lanes < example_size
+        v, x_nat = _stepped(x_ptr, grad_ptr, x_nat_ptr, start + lanes, mask, factor)
         d = v - x_nat
         delta_sq += tl.where(mask, d * d, 0.0)
-    delta_norm = tl.sqrt(tl.sum(delta_sq, axis=0))
-    project = delta_norm > eps
-    shrink = tl.where(project, eps / tl.where(delta_norm > 0, delta_norm, 1.0), 1.0)
+    delta_norm = tl.sqrt_rn(tl.sum(delta_sq, axis=0))
+    inside = delta_norm <= eps  # a NaN distance or eps projects, to NaN
+    shrink = tl.where(inside, 1.0, tl.math.div_rn(eps, tl.where(delta_norm == 0, 1.0, delta_norm)))
 
     for start in range(0, example_size, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        mask = offsets < example_size
-        v, x_nat = _stepped(x_ptr, grad_ptr, x_nat_ptr, base + offsets, mask, factor)
-        out = tl.where(project, x_nat + (v - x_nat) * shrink, v)
-        channel = ((base + offsets) // channel_div) % channels
-        lower = per_index(lower_ptr, lower_value, channel, mask, PER_CHANNEL_LOWER)
-        upper = per_index(upper_ptr, upper_value, channel, mask, PER_CHANNEL_UPPER)
-        out = clamp_keep_nan(out, lower, upper)
-        tl.store(x_ptr + base + offsets, out.to(x_ptr.dtype.element_ty), mask=mask)
+        mask = start + lanes < example_size
+        v, x_nat = _stepped(x_ptr, grad_ptr, x_nat_ptr, start + lanes, mask, factor)
+        out = tl.where(inside, v, x_nat + (v - x_nat) * shrink)
+        lower = per_channel(lower_ptr, lower_value, base + start, lanes, mask, channel_div,
+                            channels, PER_CHANNEL_LOWER, BLOCK)
+        upper = per_channel(upper_ptr, upper_value, base + start, lanes, mask, channel_div,
+                            channels, PER_CHANNEL_UPPER, BLOCK)
+        out = clamp_nan(out, lower, upper)
+        tl.store(x_ptr + start + lanes, out.to(x_ptr.dtype.element_ty), mask=mask)
 
 
 def l2_step(x, grad, x_nat, eps, eps_value, alpha, alpha_value, lower, lower_value,
@@ -129,5 +178,8 @@ def l2_step(x, grad, x_nat, eps, eps_value, alpha, alpha_value, lower, lower_val
         example_size, channel_div, channels_of(lower, upper),
         PER_EXAMPLE_EPS=eps is not None, PER_EXAMPLE_ALPHA=alpha is not None,
         PER_CHANNEL_LOWER=lower is not None, PER_CHANNEL_UPPER=upper is not None,
-        BLOCK=min(L2_BLOCK, triton.next_power_of_2(example_size)),
+        BLOCK=L2_BLOCK if example_size >= L2_BLOCK else L2_SMALL_BLOCK,
+        # x + g*factor and x_nat + delta*shrink rounded twice, as the reference and the
+        # C++ kernels do: contracted to FMAs they differ in the last bit.
+        enable_fp_fusion=False,
     )

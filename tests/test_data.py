@@ -291,9 +291,12 @@ def test_published_checksums():
 # ---------------------------------------------------------------- load_dataset ----------------
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="name must be one of cifar10, mnist, digits, synthetic"):
+    with pytest.raises(ValueError, match="name must be one of cifar10, mnist, digits, synthetic, "
+                                         "fashion-mnist, kmnist or idx:PATH"):
         load_dataset("cifar100")
-    assert DATASETS == ("cifar10", "mnist", "digits", "synthetic")
+    with pytest.raises(ValueError, match="or idx:PATH"):
+        load_dataset("idx:")  # a folder is needed
+    assert DATASETS == ("cifar10", "mnist", "digits", "synthetic", "fashion-mnist", "kmnist")
 
 
 def test_digits():

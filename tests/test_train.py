@@ -176,8 +176,10 @@ RESNET_KILL = ["--dataset", "synthetic", "--synthetic-train", "112", "--syntheti
 
 @pytest.mark.parametrize("method, args, total, kill_after", [
     ("pgd", DIGITS_KILL, 3 * 80, 100), ("free", DIGITS_KILL, 3 * 80, 100),
-    ("trades", DIGITS_KILL, 3 * 80, 100), ("pgd", RESNET_KILL, 3 * 6, 7)],
-    ids=["pgd", "free", "trades", "pgd-resnet-bn-augment-restarts"])
+    ("trades", DIGITS_KILL, 3 * 80, 100), ("pgd", RESNET_KILL, 3 * 6, 7),
+    # killed inside the eps ramp (2 epochs: 160 steps), resumed on it
+    ("pgd", [*DIGITS_KILL, "--eps-warmup", "2"], 3 * 80, 100)],
+    ids=["pgd", "free", "trades", "pgd-resnet-bn-augment-restarts", "pgd-eps-warmup"])
 def test_resume_after_sigkill_gives_the_same_weights(tmp_path, method, args, total, kill_after):
     args = [*args, "--no-progress", "--method", method]
     whole = str(tmp_path / "whole")
@@ -458,7 +460,8 @@ def test_help_documents_every_flag():
     for flag in ("--dataset", "--data-dir", "--download", "--model", "--method", "--eps",
                  "--alpha", "--steps", "--restarts", "--epochs", "--batch-size", "--lr",
                  "--schedule", "--precision", "--channels-last", "--compile", "--device",
-                 "--seed", "--out", "--resume", "--eval-every", "--eval-steps"):
+                 "--seed", "--out", "--resume", "--eval-every", "--eval-steps", "--eps-warmup",
+                 "--strict", "--no-verify", "idx:PATH", "fashion-mnist", "kmnist"):
         assert flag in result.stdout
     assert "cifar10: model=preact-resnet18" in result.stdout
 

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <cstring>
+#include "../checks.h"
 #include "dispatch.h"
 
 namespace fastadv::cpu {
@@ -11,9 +12,12 @@ namespace {
 
 void keep_best_cpu(const at::Tensor& best_x, const at::Tensor& best_loss, const at::Tensor& x,
                    const at::Tensor& loss, int64_t example_size) {
+  checks::keep_best_args("fastadv::_keep_best_kernel_", best_x, best_loss, x, loss, example_size);
   const int64_t examples = best_loss.numel();
   if (examples == 0) return;
-  const int64_t example_bytes = example_size * static_cast<int64_t>(x.element_size());
+  // Empty examples ([B, 0]): the losses still update, nothing is copied.
+  const int64_t example_bytes =
+      x.numel() == 0 ? 0 : example_size * static_cast<int64_t>(x.element_size());
   char* dst = static_cast<char*>(best_x.data_ptr());
   const char* src = static_cast<const char*>(x.const_data_ptr());
   FASTADV_DISPATCH_FLOAT(loss.scalar_type(), "keep_best_cpu", [&] {

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include "../checks.h"
 #include "../op_args.h"
 #include "dispatch.h"
 
@@ -32,7 +33,7 @@ void l2_example(scalar_t* __restrict__ x, const grad_t* __restrict__ grad,
     delta_sq += d * d;
   }
   const float delta_norm = std::sqrt(delta_sq);
-  const bool project = delta_norm > eps;
+  const bool project = !(delta_norm <= eps);  // a NaN distance or eps projects, to NaN
   const float shrink = project ? eps / delta_norm : 1.f;
 
   const bool per_channel = lower.varies() || upper.varies();
@@ -41,7 +42,7 @@ void l2_example(scalar_t* __restrict__ x, const grad_t* __restrict__ grad,
     const float v = stepped(j);
     const float out = project ? xn + (v - xn) * shrink : v;
     const int64_t c = per_channel ? layout.channel(first + j) : 0;
-    x[j] = static_cast<scalar_t>(clamp_keep_nan(out, lower.at(c), upper.at(c)));
+    x[j] = static_cast<scalar_t>(clamp_nan(out, lower.at(c), upper.at(c)));
   }
 }
 
@@ -51,6 +52,8 @@ void l2_step_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& 
                  const std::optional<at::Tensor>& lower, double lower_value,
                  const std::optional<at::Tensor>& upper, double upper_value,
                  int64_t example_size, int64_t channel_div) {
+  checks::step_args("fastadv::_l2_step_kernel_", x, grad, x_nat, eps, alpha, lower, upper,
+                     example_size, channel_div);
   if (x.numel() == 0) return;
   const Layout layout = make_layout(x, example_size, channel_div, lower, upper);
   const BallParams p{per_index(eps, eps_value), per_index(alpha, alpha_value),

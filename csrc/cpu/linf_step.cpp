@@ -1,6 +1,7 @@
 // CPU: the fused l-inf PGD step, one pass over x, grad and x_nat.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+#include "../checks.h"
 #include "../op_args.h"
 #include "dispatch.h"
 #include "walk.h"
@@ -16,8 +17,8 @@ FASTADV_VECTOR_CLONES void linf_run(scalar_t* __restrict__ x, const grad_t* __re
   for (int64_t j = 0; j < n; ++j) {
     const float xn = static_cast<float>(x_nat[j]);
     const float v = static_cast<float>(x[j]) + alpha * sign_or_zero(static_cast<float>(grad[j]));
-    x[j] = static_cast<scalar_t>(clamp_keep_nan(v, combined_lower(xn, eps, bounds.lower(j)),
-                                                combined_upper(xn, eps, bounds.upper(j))));
+    x[j] = static_cast<scalar_t>(clamp_nan(v, combined_lower(xn, eps, bounds.lower(j)),
+                                           combined_upper(xn, eps, bounds.upper(j))));
   }
 }
 
@@ -27,6 +28,8 @@ void linf_step_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor
                    const std::optional<at::Tensor>& lower, double lower_value,
                    const std::optional<at::Tensor>& upper, double upper_value,
                    int64_t example_size, int64_t channel_div) {
+  checks::step_args("fastadv::_linf_step_kernel_", x, grad, x_nat, eps, alpha, lower, upper,
+                     example_size, channel_div);
   if (x.numel() == 0) return;
   const Layout layout = make_layout(x, example_size, channel_div, lower, upper);
   const BallParams p{per_index(eps, eps_value), per_index(alpha, alpha_value),

@@ -1,6 +1,7 @@
 // CPU: the random start x_nat + eps*U(-1, 1), clamped to the ball and the valid range.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+#include "../checks.h"
 #include "../op_args.h"
 #include "../philox.h"
 #include "dispatch.h"
@@ -16,9 +17,9 @@ FASTADV_VECTOR_CLONES void random_run(scalar_t* __restrict__ x, const scalar_t* 
   for (int64_t j = 0; j < n; ++j) {
     const float xn = static_cast<float>(x_nat[j]);
     const float noise = eps * uniform_minus_one_one(philox_first_word(seed, counter + j));
-    x[j] = static_cast<scalar_t>(clamp_keep_nan(xn + noise,
-                                                combined_lower(xn, eps, bounds.lower(j)),
-                                                combined_upper(xn, eps, bounds.upper(j))));
+    x[j] = static_cast<scalar_t>(clamp_nan(xn + noise,
+                                           combined_lower(xn, eps, bounds.lower(j)),
+                                           combined_upper(xn, eps, bounds.upper(j))));
   }
 }
 
@@ -27,6 +28,8 @@ void random_init_cpu(const at::Tensor& x, const at::Tensor& x_nat, const at::Ten
                      const std::optional<at::Tensor>& lower, double lower_value,
                      const std::optional<at::Tensor>& upper, double upper_value,
                      int64_t example_size, int64_t channel_div) {
+  checks::random_init_args("fastadv::_random_init_kernel_", x, x_nat, seed, eps, lower, upper,
+                           example_size, channel_div);
   if (x.numel() == 0) return;
   const Layout layout = make_layout(x, example_size, channel_div, lower, upper);
   const PerIndex e = per_index(eps, eps_value);

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 #include <type_traits>
+#include "../checks.h"
 #include "elementwise.cuh"
 
 namespace fastadv {
@@ -42,18 +43,20 @@ template <typename E, typename Loss>
 void launch(const at::Tensor& best_x, const at::Tensor& best_loss, const at::Tensor& x,
             const at::Tensor& loss, int64_t example_size) {
   constexpr int VEC = kPackBytes / sizeof(E);
-  const int64_t examples = x.numel() / example_size;
+  // One block per loss: with empty examples ([B, 0]) the losses still update, nothing is copied.
+  const int64_t examples = best_loss.numel();
   keep_best_kernel<E, Loss, VEC>
       <<<static_cast<unsigned>(examples), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           static_cast<E*>(best_x.mutable_data_ptr()),
           best_loss.mutable_data_ptr<Loss>(), static_cast<const E*>(x.const_data_ptr()),
-          loss.const_data_ptr<Loss>(), example_size);
+          loss.const_data_ptr<Loss>(), x.numel() == 0 ? 0 : example_size);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void keep_best(const at::Tensor& best_x, const at::Tensor& best_loss, const at::Tensor& x,
                const at::Tensor& loss, int64_t example_size) {
-  if (x.numel() == 0) return;
+  checks::keep_best_args("fastadv::_keep_best_kernel_", best_x, best_loss, x, loss, example_size);
+  if (best_loss.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   FASTADV_DISPATCH_FLOATING_TYPES(x.scalar_type(), "_keep_best_kernel_", [&] {
     using E = std::conditional_t<sizeof(scalar_t) == 2, uint16_t, uint32_t>;

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 #include <cub/block/block_reduce.cuh>
+#include "../checks.h"
 #include "../op_args.h"
 #include "../params.h"
 #include "elementwise.cuh"
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(kThreads)
   if (tid == 0) s_dist = sqrtf(total);
   __syncthreads();
   const float dn = s_dist;
-  const bool project = dn > e;  // false for a NaN distance: v passes through
+  const bool project = !(dn <= e);  // a NaN distance or eps projects, to NaN
   const float scale = project ? e / dn : 0.f;
 
   for_each_pack<VEC>(n, split, tid, kThreads, [&](auto width, int64_t i) {
@@ -92,7 +93,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < N; ++j) {
       const float v = step(xv[j], gv[j]);
       const float out = project ? __fadd_rn(nv[j], __fmul_rn(v - nv[j], scale)) : v;
-      xv[j] = clamp_keep_nan(out, ch.value[0], ch.value[1]);
+      xv[j] = clamp_nan(out, ch.value[0], ch.value[1]);
       ch.next();
     }
     store_float<N>(xe + i, xv);
@@ -115,6 +116,8 @@ void l2_step(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_na
              const std::optional<at::Tensor>& lower, double lower_value,
              const std::optional<at::Tensor>& upper, double upper_value, int64_t example_size,
              int64_t channel_div) {
+  checks::step_args("fastadv::_l2_step_kernel_", x, grad, x_nat, eps, alpha, lower, upper,
+                     example_size, channel_div);
   const Layout L = make_layout(x, example_size, channel_div, lower, upper);
   if (L.numel == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());

@@ -3,6 +3,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+#include "../checks.h"
 #include "../op_args.h"
 #include "../params.h"
 #include "elementwise.cuh"
@@ -34,7 +35,7 @@ __global__ void __launch_bounds__(kThreads)
       const float hi = combined_upper(nv[j], e, ch.value[1]);
       // Explicit rounding: no fma contraction, the same bits as the other backends.
       const float v = __fadd_rn(xv[j], __fmul_rn(a, sign_or_zero(gv[j])));
-      xv[j] = clamp_keep_nan(v, lo, hi);
+      xv[j] = clamp_nan(v, lo, hi);
       ex.next();
       ch.next();
     }
@@ -65,6 +66,8 @@ void linf_step(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_
                const std::optional<at::Tensor>& lower, double lower_value,
                const std::optional<at::Tensor>& upper, double upper_value, int64_t example_size,
                int64_t channel_div) {
+  checks::step_args("fastadv::_linf_step_kernel_", x, grad, x_nat, eps, alpha, lower, upper,
+                     example_size, channel_div);
   const Layout L = make_layout(x, example_size, channel_div, lower, upper);
   if (L.numel == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());

@@ -4,8 +4,10 @@ GPU once, plus batch augmentation that runs there.
     ds = load_dataset("cifar10", "~/data", download=True)
     x = random_crop_flip(ds.x_train[idx].cuda()) if ds.augment else ds.x_train[idx].cuda()
 
-``cifar10`` and ``mnist`` load from their standard distribution files (md5-checked);
-``digits`` (scikit-learn's 8x8 digits) and ``synthetic`` need no files.
+``cifar10``, ``mnist``, ``fashion-mnist`` and ``kmnist`` load from their standard
+distribution files (md5-checked); ``idx:PATH`` loads any MNIST-format (IDX) set of one's own
+from the folder PATH (structural checks only); ``digits`` (scikit-learn's 8x8 digits) and
+``synthetic`` need no files.
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import cifar10, digits, mnist
+from . import cifar10, digits, fashion_mnist, idx, kmnist, mnist
 from ._files import ChecksumError, DataFileError, DatasetNotFoundError, DownloadError
 from .augment import random_crop_flip
 from .synthetic import synthetic
 
-DATASETS = ("cifar10", "mnist", "digits", "synthetic")
+DATASETS = ("cifar10", "mnist", "digits", "synthetic", "fashion-mnist", "kmnist")
+# The published MNIST-format sets: loaded by one IDX reader, md5-checked unless verify=False.
+MNIST_FORMAT = {"mnist": mnist, "fashion-mnist": fashion_mnist, "kmnist": kmnist}
+
+
+def is_dataset(name) -> bool:
+    """Whether ``name`` is one of DATASETS or an ``idx:PATH`` set."""
+    return name in DATASETS or (idx.is_idx_name(name) and len(name) > len(idx.PREFIX))
 
 
 # eq=False: the generated __eq__ would compare tensors, whose truth value is ambiguous.
@@ -64,31 +73,46 @@ class Dataset:
 def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std over all train pixels."""
     std, mean = torch.std_mean(x, dim=(0, 2, 3), correction=0)
-    return tuple(mean.tolist()), tuple(std.tolist())
+    # A constant channel (possible in data of one's own) must not divide by zero.
+    return tuple(mean.tolist()), tuple(std.clamp_min(1e-6).tolist())
 
 
 def load_dataset(name: str, data_dir: str | None = None, *, download: bool = False,
                  seed: int = 0, synthetic_shape=(3, 32, 32), synthetic_train: int = 50_000,
-                 synthetic_test: int = 10_000, num_classes: int = 10) -> Dataset:
-    """Load one of DATASETS as a Dataset.
+                 synthetic_test: int = 10_000, num_classes: int = 10,
+                 verify: bool = True) -> Dataset:
+    """Load one of DATASETS, or ``idx:PATH``, as a Dataset.
 
-    data_dir (cifar10, mnist): the folder holding the files; default $FASTADV_DATA, else
-    ~/.cache/fastadv/data. download=True fetches missing files (md5-checked). Missing files
-    otherwise raise DatasetNotFoundError saying which files go where.
+    data_dir (cifar10 and the MNIST-format sets): the folder holding the files; default
+    $FASTADV_DATA, else ~/.cache/fastadv/data. download=True fetches missing files
+    (md5-checked). Missing files otherwise raise DatasetNotFoundError saying which files go
+    where. verify=False (MNIST-format sets only) skips the md5 check: structural checks only.
+    ``idx:PATH``: the four IDX files in the folder PATH (see fastadv.data.idx.load_folder);
+    its classes are 0 .. the largest label.
     seed: the digits train/test split, and the synthetic data (train uses seed*2+1, test
     seed*2+2, so the two never share a noise stream). synthetic_* and num_classes apply to
     synthetic only."""
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {', '.join(DATASETS)}; got {name!r}")
+    if not is_dataset(name):
+        raise ValueError(f"name must be one of {', '.join(DATASETS)} or idx:PATH; got {name!r}")
     if name != "synthetic" and num_classes != 10:
-        raise ValueError(f"num_classes applies to synthetic only ({name} has 10), "
+        raise ValueError(f"num_classes applies to synthetic only ({name} has its own), "
                          f"got {num_classes}")
+    if not verify and name not in MNIST_FORMAT and not idx.is_idx_name(name):
+        raise ValueError(f"verify=False applies to the MNIST-format sets "
+                         f"({', '.join(MNIST_FORMAT)}, idx:PATH), not {name}")
     if name == "cifar10":
         x_train, y_train, x_test, y_test = cifar10.load(data_dir, download=download)
         mean, std, augment = cifar10.MEAN, cifar10.STD, True
     elif name == "mnist":
-        x_train, y_train, x_test, y_test = mnist.load(data_dir, download=download)
+        x_train, y_train, x_test, y_test = mnist.load(data_dir, download=download, verify=verify)
         mean, std, augment = mnist.MEAN, mnist.STD, False
+    elif name in MNIST_FORMAT:
+        x_train, y_train, x_test, y_test = MNIST_FORMAT[name].load(data_dir, download=download,
+                                                                   verify=verify)
+        (mean, std), augment = _channel_stats(x_train), False
+    elif idx.is_idx_name(name):
+        x_train, y_train, x_test, y_test, num_classes = idx.load_folder(idx.idx_folder(name))
+        (mean, std), augment = _channel_stats(x_train), False
     elif name == "digits":
         x_train, y_train, x_test, y_test = digits.load(seed)
         (mean, std), augment = _channel_stats(x_train), False
@@ -115,10 +139,12 @@ def load_run_dataset(config: dict, data_dir: str | None = None, *,
                         download=download, seed=config.get("seed", 0),
                         synthetic_shape=(3, size, size),
                         synthetic_train=config.get("synthetic_train", 50_000),
-                        synthetic_test=config.get("synthetic_test", 10_000))
+                        synthetic_test=config.get("synthetic_test", 10_000),
+                        verify=config.get("verify", True))
 
 
 __all__ = [
     "ChecksumError", "DATASETS", "DataFileError", "Dataset", "DatasetNotFoundError",
-    "DownloadError", "load_dataset", "load_run_dataset", "random_crop_flip", "synthetic",
+    "DownloadError", "MNIST_FORMAT", "is_dataset", "load_dataset", "load_run_dataset",
+    "random_crop_flip", "synthetic",
 ]

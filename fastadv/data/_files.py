@@ -54,14 +54,14 @@ def expected_md5(checksums: dict[str, str], name: str) -> str:
         raise KeyError(f"checksums has no md5 for {name!r} (it has {sorted(checksums)})") from None
 
 
-def verify(path: Path, expected: str) -> None:
-    """Raise ChecksumError naming the file unless md5(path) == expected."""
+def verify(path: Path, expected: str, advice: str | None = None) -> None:
+    """Raise ChecksumError naming the file unless md5(path) == expected; ``advice`` (what to
+    do about it) replaces the default "corrupt or incomplete: fetch it again"."""
     actual = md5(path)
     if actual != expected.lower():
-        raise ChecksumError(
-            f"{path}: md5 {actual}, expected {expected}. The file is corrupt or incomplete; "
-            f"delete it and fetch it again (--download)."
-        )
+        advice = advice or ("The file is corrupt or incomplete; delete it and fetch it again "
+                            "(--download).")
+        raise ChecksumError(f"{path}: md5 {actual}, expected {expected}. {advice}")
 
 
 def download(urls: Sequence[str], dest: Path, expected: str) -> None:

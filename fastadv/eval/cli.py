@@ -14,7 +14,7 @@ import torch
 
 from .._io import resolve_device
 from ..checkpoint import load_checkpoint, load_model
-from ..data import DATASETS, DatasetNotFoundError, DownloadError, load_run_dataset
+from ..data import DATASETS, DatasetNotFoundError, DownloadError, is_dataset, load_run_dataset
 from ..train.config import number
 from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, MissingDependency,
                       check_attacks, torchattacks)
@@ -138,7 +138,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--checkpoint: {exc}") from None
     cfg, model_args = ckpt.get("config", {}), ckpt.get("model_args", {})
     dataset = args.dataset or cfg.get("dataset")
-    need(dataset in DATASETS, "--dataset: the checkpoint names no dataset; pass --dataset")
+    need(is_dataset(dataset), "--dataset: the checkpoint names no dataset; pass --dataset")
     eps = args.eps if args.eps is not None else cfg.get("eps")
     need(eps is not None, "--eps: the checkpoint records no training eps; pass --eps")
     # The training run's seed and sizes: they fix the digits train/test split (and the

@@ -30,8 +30,10 @@ def config_from_args(argv=None) -> TrainConfig:
             saved = load_checkpoint(last)["config"]
         # The saved run's settings, with the flags given now on top (the trainer refuses
         # changes that would alter the result).
+        # --strict applies to this invocation only: a run --strict stopped, resumed without
+        # it, trains on past the stall.
         values = {**saved, **{k: getattr(args, k) for k in explicit_flags(argv, p)},
-                  "out": args.out, "resume": True}
+                  "out": args.out, "resume": True, "strict": args.strict}
         cfg = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
         check(cfg)
         return cfg
@@ -40,11 +42,12 @@ def config_from_args(argv=None) -> TrainConfig:
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 done; 2 bad input; 3 with --strict when the training stalled."""
     cfg = config_from_args(argv)
     try:
-        train(cfg)
+        summary = train(cfg)
     except (TrainConfigError, DataFileError, DatasetNotFoundError, DownloadError) as exc:
         # Bad input only: any other error is a bug, and keeps its traceback.
         print(f"python -m fastadv.train: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 3 if cfg.strict and summary.get("stalled") else 0

@@ -10,8 +10,11 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..data import DATASETS
+from ..data import DATASETS, MNIST_FORMAT, is_dataset
+from ..data.idx import PREFIX as IDX_PREFIX
+from ..data.idx import is_idx_name
 from ..models import MODELS
+from .stall import STALL_EPOCHS
 
 METHODS = ("pgd", "fgsm", "fgsm-rs", "free", "trades", "standard")
 SCHEDULES = ("piecewise", "cyclic", "cosine", "constant")
@@ -20,23 +23,64 @@ OPTIMIZERS = ("sgd", "adam")
 SCALABLE = ("madry-cnn", "small-cnn")  # the models --width applies to
 ONE_STEP = ("fgsm", "fgsm-rs")  # methods whose attack is a single step
 
-# The papers' settings per dataset (CIFAR-10: Madry et al./Rice et al.; MNIST: Madry et al.);
-# digits is sized to train in a couple of minutes on a laptop CPU.
+# The papers' settings per dataset (CIFAR-10: Madry et al./Rice et al.; MNIST: Madry et al.;
+# Fashion-MNIST: MNIST's with eps 0.1, its usual radius, e.g. Wong & Kolter 2018); KMNIST and
+# a user's own IDX set (idx:PATH) take MNIST's. digits is sized to train in a couple of
+# minutes on a laptop CPU.
+MNIST_SETTINGS = dict(model="madry-cnn", eps=0.3, alpha=0.01, steps=40, epochs=80, batch_size=50,
+                      optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant",
+                      eval_examples=1000)
 DATASET_DEFAULTS = {
     "cifar10": dict(model="preact-resnet18", eps=8 / 255, alpha=2 / 255, steps=10, epochs=200,
                     batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                    schedule="piecewise", val_size=1000, eval_examples=1000),
-    "mnist": dict(model="madry-cnn", eps=0.3, alpha=0.01, steps=40, epochs=80, batch_size=50,
-                  optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant",
-                  val_size=1000, eval_examples=1000),
+                    schedule="piecewise", eval_examples=1000),
+    "mnist": MNIST_SETTINGS,
     "digits": dict(model="small-cnn", width=4, eps=0.2, alpha=0.05, steps=10, epochs=40,
                    batch_size=64,
                    optimizer="adam", lr=3e-3, weight_decay=0.0, schedule="cosine",
-                   val_size=144, eval_examples=360),
+                   eval_examples=360),
     "synthetic": dict(model="preact-resnet18", eps=8 / 255, alpha=2 / 255, steps=10, epochs=10,
                       batch_size=512, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                      schedule="cyclic", val_size=1000, eval_examples=1000),
+                      schedule="cyclic", eval_examples=1000),
+    "fashion-mnist": dict(MNIST_SETTINGS, eps=0.1),
+    "kmnist": MNIST_SETTINGS,
+    IDX_PREFIX + "PATH": MNIST_SETTINGS,
 }
+# The default validation split: this fraction of the training set, at most VAL_CAP examples
+# (10 % of digits' 1437 is its 144; MNIST's 60000 give 1000, a 4000-image subset 400).
+VAL_FRACTION, VAL_CAP = 0.1, 1000
+
+
+def dataset_defaults(dataset: str) -> dict:
+    """The DATASET_DEFAULTS entry of ``dataset`` (idx:PATH sets share one)."""
+    return DATASET_DEFAULTS[IDX_PREFIX + "PATH" if is_idx_name(dataset) else dataset]
+
+
+def normalize_dataset(dataset: str) -> str:
+    """idx:PATH with PATH made absolute (the run's config names the folder wherever it is
+    read from); other names unchanged."""
+    if is_idx_name(dataset) and len(dataset) > len(IDX_PREFIX):
+        path = os.path.expanduser(dataset[len(IDX_PREFIX):])
+        return IDX_PREFIX + os.path.abspath(path)
+    return dataset
+
+
+def dataset_arg(text: str) -> str:
+    """--dataset: one of DATASETS, or idx:PATH (a folder of MNIST-format files)."""
+    if not is_dataset(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(DATASETS)}, or idx:PATH for a "
+            "folder of MNIST-format IDX files)")
+    return normalize_dataset(text)
+
+
+def validation_size(cfg: "TrainConfig", n_train: int) -> int:
+    """Examples held out of the ``n_train`` training examples: --val-size when given, else
+    VAL_FRACTION of them, at most VAL_CAP (and at least 1)."""
+    if cfg.val_size is not None:
+        return cfg.val_size
+    return max(1, min(VAL_CAP, round(VAL_FRACTION * n_train)))
+
 
 class TrainConfigError(ValueError):
     """A training setting (a flag, --out, the data's size) that cannot work, found before or
@@ -44,8 +88,9 @@ class TrainConfigError(ValueError):
 
 
 # Changing these between a run and its resume does not change what is computed.
+# (--strict only decides whether a stalled run stops; --no-verify whether the md5 is checked.)
 RESUMABLE = ("out", "resume", "device", "data_dir", "download", "progress", "compile",
-             "save_every")
+             "save_every", "strict", "verify")
 
 
 @dataclass(frozen=True)
@@ -78,7 +123,10 @@ class TrainConfig:
     eval_every: int = 1
     eval_steps: int = 10
     eval_examples: int = 1000
-    val_size: int = 144
+    val_size: int | None = None  # None: VAL_FRACTION of the training set, at most VAL_CAP
+    eps_warmup: int = 0
+    strict: bool = False
+    verify: bool = True
     save_every: int = 0
     free_replays: int = 4
     trades_beta: float = 6.0
@@ -99,9 +147,9 @@ class TrainConfig:
         unset one takes the dataset's default (DATASET_DEFAULTS), and every value is checked
         (ValueError naming the flag). The constructor, by contrast, takes every field as
         given."""
-        if dataset not in DATASET_DEFAULTS:
-            raise TrainConfigError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, "
-                                   f"got {dataset!r}")
+        if not is_dataset(dataset):
+            raise TrainConfigError(f"--dataset must be one of {', '.join(DATASETS)} or "
+                                   f"idx:PATH, got {dataset!r}")
         args = parser().parse_args(["--dataset", dataset])
         unknown = sorted(set(flags) - set(vars(args)))
         if unknown:
@@ -129,12 +177,21 @@ def parser() -> argparse.ArgumentParser:
         epilog="per-dataset defaults:\n" + "\n".join(
             f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in d.items())
-            for name, d in DATASET_DEFAULTS.items()))
+            for name, d in DATASET_DEFAULTS.items())
+        + f"\n  every dataset: val-size={VAL_FRACTION:.0%} of the training set, at most "
+          f"{VAL_CAP}"
+        + "\n\nexit status: 0 done, 2 bad input, 3 with --strict when the training stalled")
     a = p.add_argument
-    a("--dataset", choices=DATASETS, default="digits",
-      help="digits (scikit-learn, offline), mnist, cifar10, or synthetic class-conditional images")
+    a("--dataset", type=dataset_arg, default="digits",
+      help="digits (scikit-learn, offline), mnist, fashion-mnist, kmnist, cifar10, synthetic "
+           "class-conditional images, or idx:PATH: a folder of your own MNIST-format files "
+           "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+           "t10k-labels-idx1-ubyte, each .gz or not; structural checks, no md5)")
     a("--data-dir", help="where the dataset files are (default: $FASTADV_DATA or ~/.cache/fastadv/data)")
     a("--download", action="store_true", help="fetch missing dataset files (needs a network)")
+    a("--no-verify", dest="verify", action="store_false",
+      help="mnist, fashion-mnist, kmnist: skip the md5 check of the .gz files (MNIST-format "
+           "data that is not the official set); the structure is still checked")
     a("--model", choices=MODELS, help="architecture (inputs in [0,1], normalised inside)")
     a("--width", type=int, help="width multiplier of madry-cnn/small-cnn (capacity)")
     a("--method", choices=METHODS, default="pgd",
@@ -175,7 +232,15 @@ def parser() -> argparse.ArgumentParser:
     a("--eval-steps", type=int, help="PGD steps of that evaluation (default: --steps)")
     a("--eval-examples", type=int, help="training examples evaluated each time (a fixed subset; "
                                         "the validation split is evaluated whole)")
-    a("--val-size", type=int, help="training examples held out for validation (early stopping)")
+    a("--val-size", type=int,
+      help=f"training examples held out for validation (model selection); default "
+           f"{VAL_FRACTION * 100:.0f}%% of the training set, at most {VAL_CAP}")
+    a("--eps-warmup", type=int, default=0, metavar="N",
+      help="ramp the training eps (and alpha) linearly from 0 to --eps over the first N "
+           "epochs, per step (helps large eps start learning); evaluation is always at --eps")
+    a("--strict", action="store_true",
+      help="stop a run whose training stalls (loss at ln(classes) or clean accuracy at chance "
+           "for %d epochs) and exit with status 3" % STALL_EPOCHS)
     a("--save-every", type=int, default=0,
       help="also write last.pt every N optimizer steps, mid-epoch (0: at epoch ends only)")
     a("--free-replays", type=int, default=4, help="m of free AT: replays of each batch")
@@ -203,10 +268,11 @@ def explicit_flags(argv, p: argparse.ArgumentParser) -> set[str]:
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
     """Fill unset flags from the dataset's defaults, then check every value."""
-    if args.dataset not in DATASET_DEFAULTS:
-        raise TrainConfigError(f"--dataset must be one of {', '.join(DATASET_DEFAULTS)}, "
+    if not is_dataset(args.dataset):
+        raise TrainConfigError(f"--dataset must be one of {', '.join(DATASETS)} or idx:PATH, "
                                f"got {args.dataset!r}")
-    d = DATASET_DEFAULTS[args.dataset]
+    args.dataset = normalize_dataset(args.dataset)
+    d = dataset_defaults(args.dataset)
     values = {k: v for k, v in vars(args).items() if v is not None}
     for key, default in d.items():
         values.setdefault(key, default)
@@ -238,8 +304,9 @@ def check(cfg: TrainConfig) -> None:
         if not ok:
             raise TrainConfigError(message)
 
-    for flag, value, allowed in (("--dataset", cfg.dataset, DATASETS),
-                                 ("--method", cfg.method, METHODS),
+    need(is_dataset(cfg.dataset), f"--dataset must be one of {', '.join(DATASETS)} or "
+                                  f"idx:PATH, got {cfg.dataset!r}")
+    for flag, value, allowed in (("--method", cfg.method, METHODS),
                                  ("--model", cfg.model, MODELS),
                                  ("--optimizer", cfg.optimizer, OPTIMIZERS),
                                  ("--schedule", cfg.schedule, SCHEDULES),
@@ -252,12 +319,19 @@ def check(cfg: TrainConfig) -> None:
                              ("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
                              ("--eval-every", cfg.eval_every, 1), ("--eval-steps", cfg.eval_steps, 1),
                              ("--eval-examples", cfg.eval_examples, 1),
-                             ("--val-size", cfg.val_size, 1), ("--save-every", cfg.save_every, 0),
+                             ("--val-size", 1 if cfg.val_size is None else cfg.val_size, 1),
+                             ("--save-every", cfg.save_every, 0),
+                             ("--eps-warmup", cfg.eps_warmup, 0),
                              ("--free-replays", cfg.free_replays, 1),
                              ("--synthetic-train", cfg.synthetic_train, 2),
                              ("--synthetic-test", cfg.synthetic_test, 1),
                              ("--image-size", cfg.image_size, 4)):
         need(value >= low, f"{flag} must be >= {low}, got {value}")
+    need(cfg.eps_warmup <= cfg.epochs, f"--eps-warmup {cfg.eps_warmup} exceeds --epochs "
+                                       f"{cfg.epochs} (eps would never reach --eps)")
+    need(cfg.verify or cfg.dataset in MNIST_FORMAT or is_idx_name(cfg.dataset),
+         f"--no-verify applies to {', '.join(MNIST_FORMAT)} (MNIST-format files), not "
+         f"{cfg.dataset}")
     need(cfg.width is None or cfg.width >= 1, f"--width must be >= 1, got {cfg.width}")
     need(cfg.width is None or cfg.model in SCALABLE,
          f"--width applies to madry-cnn and small-cnn, not {cfg.model}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +27,11 @@ from ..data import load_run_dataset, random_crop_flip
 from ..eval.accuracy import clean_and_pgd_correct
 from ..models import build_model
 from . import distributed
-from .config import (RESUMABLE, TrainConfig, TrainConfigError, check, check_out_dir,
-                     killed_before_first_checkpoint)
+from .config import (RESUMABLE, VAL_CAP, VAL_FRACTION, TrainConfig, TrainConfigError, check,
+                     check_out_dir, killed_before_first_checkpoint, validation_size)
 from .methods import make_method
 from .schedule import scheduler
+from .stall import chance_accuracy, stall_warning, stalled_record
 
 
 # --------------------------------------------------------------------------- data
@@ -52,11 +54,15 @@ def load_splits(cfg: TrainConfig, device: torch.device):
     held-out validation split (model selection never sees the test set)."""
     data = load_run_dataset(cfg.to_dict(), download=cfg.download)
     n = len(data.y_train)
-    if cfg.val_size >= n:
-        raise TrainConfigError(f"--val-size {cfg.val_size} leaves no training data "
+    if data.shape[1] != data.shape[2]:
+        raise TrainConfigError(f"{cfg.dataset}: images are {data.shape[1]}x{data.shape[2]}; "
+                               "the trainer's models take square images")
+    val_size = validation_size(cfg, n)
+    if val_size >= n:
+        raise TrainConfigError(f"--val-size {val_size} leaves no training data "
                                f"({n} examples)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
-    val, train = order[:cfg.val_size], order[cfg.val_size:]
+    val, train = order[:val_size], order[val_size:]
     if cfg.batch_size > len(train):
         raise TrainConfigError(f"--batch-size {cfg.batch_size} exceeds the {len(train)} "
                                "training examples")
@@ -79,14 +85,30 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> Tensor:
 # --------------------------------------------------------------------------- evaluation
 
 
+# Which examples an evaluation attacks: each set has its own fixed stream of random starts.
+EVAL_STREAMS = {"train": 1, "val": 2, "test": 3}
+
+
+def eval_generator(cfg: TrainConfig, split: str, ctx: distributed.Context) -> torch.Generator:
+    """A fresh generator (on the rank's device: no host round trip per batch) for the random
+    starts of one evaluation of ``split``, seeded from the run's seed: every evaluation of a
+    split draws the same starts (so identical weights score identically: best.pt vs last.pt,
+    one epoch vs the next), and the training stream (the default generators, which
+    checkpoints hold) is never touched."""
+    seed = 0x5EED_0000_0000 + EVAL_STREAMS[split] * 2**32 + cfg.seed * 4099 + ctx.rank
+    return torch.Generator(device=ctx.device).manual_seed(seed)
+
+
 def clean_and_robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
-                              ctx: distributed.Context, precision: str, batch_size: int):
-    """(clean accuracy, PGD-k accuracy) at ε with α = 2.5ε/k (Madry et al.), one random start,
-    the model in eval mode; examples split across ranks (dense slices, so the fused op takes
-    its fast path), counts summed."""
+                              ctx: distributed.Context, precision: str, batch_size: int,
+                              split: str):
+    """(clean accuracy, PGD-k accuracy) at ε with α = 2.5ε/k (Madry et al.), one random start
+    from ``split``'s fixed evaluation generator, the model in eval mode; examples split
+    across ranks (dense slices, so the fused op takes its fast path), counts summed."""
     x, y = x.tensor_split(ctx.world_size)[ctx.rank], y.tensor_split(ctx.world_size)[ctx.rank]
     clean, robust = clean_and_pgd_correct(model, x, y, eps=cfg.eps, steps=cfg.eval_steps,
-                                          batch_size=batch_size, precision=precision)
+                                          batch_size=batch_size, precision=precision,
+                                          generator=eval_generator(cfg, split, ctx))
     clean, robust, count = distributed.all_sum(ctx, [clean, robust, len(y)])
     return clean / max(count, 1), robust / max(count, 1)
 
@@ -152,10 +174,12 @@ def _plain_state_dict(model: nn.Module) -> dict:
 
 
 def check_resumable(saved: dict, cfg: TrainConfig) -> None:
-    changed = [k for k, v in cfg.to_dict().items()
-               if k not in RESUMABLE and saved.get(k) != v]
+    # A setting the saved run predates (absent from its config) took its default then.
+    fields = TrainConfig.__dataclass_fields__
+    was = {k: saved.get(k, fields[k].default) for k in fields}
+    changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE and was[k] != v]
     if changed:
-        diffs = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(cfg, k)!r}"
+        diffs = ", ".join(f"--{k.replace('_', '-')} {was[k]!r} -> {getattr(cfg, k)!r}"
                           for k in changed)
         raise TrainConfigError(f"--resume: the run in {cfg.out} was started with other "
                                f"settings ({diffs}); resume with the same flags, or start a "
@@ -268,16 +292,29 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
         torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank)  # per-rank attack/augment noise
     distributed.barrier(ctx)
     if ctx.is_main:
-        print(f"{cfg.method} training of {cfg.model} on {cfg.dataset} "
-              f"({len(s.y_train)} train / {len(s.y_val)} val / {len(s.y_test)} test), "
-              f"eps={cfg.eps:.4g}, alpha={cfg.alpha:.4g}, steps={cfg.steps}, device={device}, "
+        n_all = len(s.y_train) + len(s.y_val)
+        held = ("--val-size" if cfg.val_size is not None else
+                f"default: {VAL_FRACTION:.0%} of the training set, at most {VAL_CAP}")
+        warmup = f" (warm-up: from 0 over {cfg.eps_warmup} epochs)" if cfg.eps_warmup else ""
+        print(f"{cfg.method} training of {cfg.model} on {cfg.dataset}: training on "
+              f"{len(s.y_train)} examples, {len(s.y_val)} of the {n_all} held out for "
+              f"validation ({held}), {len(s.y_test)} test; eps={cfg.eps:.4g}{warmup}, "
+              f"alpha={cfg.alpha:.4g}, steps={cfg.steps}, device={device}, "
               f"world size {ctx.world_size}")
 
     # ---- epochs
     checkpoint = lambda path: save_checkpoint(  # noqa: E731
         path, ctx, cfg, args, raw, optimizer, sched, progress, method)
     local_batch = cfg.batch_size // ctx.world_size
+    chance = chance_accuracy(s.y_train_eval)
+    ramp_steps = cfg.eps_warmup * steps_per_epoch
     for epoch in range(progress.epoch, cfg.epochs):
+        if cfg.strict and stalled_record(progress.history) is not None:
+            if ctx.is_main:
+                print(f"--strict: the training stalled (epoch "
+                      f"{stalled_record(progress.history)['epoch']}); stopping after epoch "
+                      f"{progress.epoch} of {cfg.epochs}", file=sys.stderr)
+            break
         # On the device once per epoch: a host-to-device copy per step would wait for the GPU.
         order = batch_order(len(s.y_train), cfg.batch_size, cfg.seed, epoch).to(device)
         bar = tqdm(total=steps_per_epoch, initial=progress.step_in_epoch,
@@ -293,6 +330,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
                 x = random_crop_flip(x)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if ramp_steps:  # ε warm-up: linear in the batches done, so a resume redoes it
+                method.set_eps_scale(min(1.0, (progress.global_step + 1) / ramp_steps))
             for loss, logits in method.losses(x, y):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -338,21 +377,26 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
                   "seconds": seconds}
         if part_names:
             record["loss_parts"] = {n: v / seen for n, v in zip(part_names, part_sums)}
+        if cfg.eps_warmup:
+            record["eps"] = method.eps  # the training ε of the epoch's last batch
 
         # ---- evaluation, model selection (Rice et al.: best robust validation accuracy)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             t0 = time.perf_counter()
             eval_model = attack_model
-            ev = lambda x, y: clean_and_robust_accuracy(  # noqa: E731
-                eval_model, x, y, cfg, ctx, cfg.precision, 4 * local_batch)
-            record["train_clean_acc"], record["train_robust_acc"] = ev(s.x_train_eval,
-                                                                       s.y_train_eval)
-            record["val_clean_acc"], record["val_robust_acc"] = ev(s.x_val, s.y_val)
+            ev = lambda x, y, split: clean_and_robust_accuracy(  # noqa: E731
+                eval_model, x, y, cfg, ctx, cfg.precision, 4 * local_batch, split)
+            record["train_clean_acc"], record["train_robust_acc"] = ev(
+                s.x_train_eval, s.y_train_eval, "train")
+            record["val_clean_acc"], record["val_robust_acc"] = ev(s.x_val, s.y_val, "val")
             record["eval_seconds"] = time.perf_counter() - t0
             score = record["val_clean_acc" if cfg.method == "standard" else "val_robust_acc"]
             if score > progress.best_score:
                 progress.best_score, progress.best_epoch = score, epoch + 1
                 record["best"] = True
+        warning = stall_warning(progress.history + [record], data.num_classes, chance, cfg)
+        if warning:  # once per run: kept in the history, so also across a resume
+            record["stall_warning"] = warning
         progress.history.append(record)
         progress.epoch = epoch + 1
         progress.reset_epoch()
@@ -366,9 +410,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
         if ctx.is_main:
             _append_history(cfg.out, record)
             if not cfg.progress:
-                print(_epoch_line(record, cfg.epochs))
+                print(_epoch_line(record, cfg.epochs), flush=True)
             else:
                 tqdm.write(_epoch_line(record, cfg.epochs))
+            if warning:
+                tqdm.write(f"warning: {warning}", file=sys.stderr)
     _check_ranks_agree(ctx, raw)
 
     # ---- final report on the test set
@@ -431,15 +477,23 @@ def final_report(cfg, ctx, s: Splits, history, local_batch) -> dict:
         if not os.path.exists(path):
             continue
         ckpt = load_checkpoint(path)
+        # The same random starts for every checkpoint: identical weights, identical numbers.
         clean, robust = clean_and_robust_accuracy(model_from_checkpoint(ckpt, ctx.device),
                                                   s.x_test, s.y_test, cfg, ctx, "fp32",
-                                                  4 * local_batch)
+                                                  4 * local_batch, "test")
         rows.append({"checkpoint": name, "epoch": ckpt["progress"]["epoch"], "test_clean_acc": clean,
                      "test_robust_acc": robust})
+    stalled = stalled_record(history)
     summary = {
         "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "eps": cfg.eps,
-        "attack": f"PGD-{cfg.eval_steps}, alpha=2.5*eps/{cfg.eval_steps}, 1 random start",
+        "attack": f"PGD-{cfg.eval_steps}, alpha=2.5*eps/{cfg.eval_steps}, 1 random start "
+                  "(the same starts for every checkpoint)",
         "test_examples": len(s.y_test), "epochs": cfg.epochs,
+        "epochs_completed": len(history),
+        "stalled": stalled is not None,
+        "stall": None if stalled is None else {"detected_at_epoch": stalled["epoch"],
+                                               "warning": stalled["stall_warning"]},
+        "stopped_early": len(history) < cfg.epochs,
         "train_seconds": sum(r["seconds"] for r in history),
         "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in history),
         "checkpoints": rows,
@@ -450,9 +504,14 @@ def final_report(cfg, ctx, s: Splits, history, local_batch) -> dict:
     return summary
 
 
+def _epochs_done(summary: dict) -> str:
+    done = summary.get("epochs_completed", summary["epochs"])
+    return str(done) if done == summary["epochs"] else f"{done} of {summary['epochs']}"
+
+
 def summary_table(summary: dict) -> str:
     lines = [f"\n{summary['method']} training of {summary['model']} on {summary['dataset']}, "
-             f"eps={summary['eps']:.4g}: {summary['epochs']} epochs, "
+             f"eps={summary['eps']:.4g}: {_epochs_done(summary)} epochs, "
              f"{summary['train_seconds']:.1f} s training + {summary['eval_seconds']:.1f} s "
              f"evaluation",
              f"test set ({summary['test_examples']} images), {summary['attack']}:",
@@ -461,6 +520,12 @@ def summary_table(summary: dict) -> str:
     for r in summary["checkpoints"]:
         lines.append(f"| {r['checkpoint']} | {r['epoch']} | {r['test_clean_acc']:.1%} "
                      f"| {r['test_robust_acc']:.1%} |")
+    if summary.get("stalled"):
+        stopped = (f"; stopped after epoch {summary['epochs_completed']} (--strict)"
+                   if summary.get("stopped_early") else "")
+        lines.append(f"warning: the training stalled (detected at epoch "
+                     f"{summary['stall']['detected_at_epoch']}; the warning is in "
+                     f"metrics.jsonl and results.json){stopped}")
     return "\n".join(lines)
 
 

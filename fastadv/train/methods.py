@@ -35,6 +35,13 @@ class Method:
         self.cfg, self.model, self.attack_model, self.device = cfg, model, attack_model, device
         # Named terms of the loss just yielded, logged per epoch next to it (TRADES).
         self.loss_parts: dict[str, Tensor] = {}
+        self.set_eps_scale(1.0)
+
+    def set_eps_scale(self, scale: float) -> None:
+        """Train at ``scale`` times --eps and --alpha (the ε warm-up). A CUDA graph is used at
+        full ε only: it is captured per ε, and the ramp changes ε every step."""
+        self.eps, self.alpha = self.cfg.eps * scale, self.cfg.alpha * scale
+        self.cuda_graph = self.cfg.cuda_graph and scale == 1.0
 
     def logits(self, x: Tensor) -> Tensor:
         with autocast(self.device, self.cfg.precision):
@@ -60,9 +67,9 @@ class Standard(Method):
 class PGDTraining(Method):
     def adversarial(self, x, y):
         c = self.cfg
-        return attacks.pgd(self.attack_model, x, y, eps=c.eps, alpha=c.alpha, steps=c.steps,
-                           restarts=c.restarts, precision=c.precision,
-                           eval_mode=c.attack_bn == "eval", cuda_graph=c.cuda_graph)
+        return attacks.pgd(self.attack_model, x, y, eps=self.eps, alpha=self.alpha,
+                           steps=c.steps, restarts=c.restarts, precision=c.precision,
+                           eval_mode=c.attack_bn == "eval", cuda_graph=self.cuda_graph)
 
     def losses(self, x, y):
         logits = self.logits(self.adversarial(x, y))
@@ -72,16 +79,16 @@ class PGDTraining(Method):
 class FGSM(PGDTraining):
     def adversarial(self, x, y):
         c = self.cfg
-        return attacks.fgsm(self.attack_model, x, y, eps=c.eps, precision=c.precision,
-                            eval_mode=c.attack_bn == "eval", cuda_graph=c.cuda_graph)
+        return attacks.fgsm(self.attack_model, x, y, eps=self.eps, precision=c.precision,
+                            eval_mode=c.attack_bn == "eval", cuda_graph=self.cuda_graph)
 
 
 class FGSMRS(PGDTraining):
     def adversarial(self, x, y):
         c = self.cfg
-        return attacks.fgsm_rs(self.attack_model, x, y, eps=c.eps, alpha=c.alpha,
+        return attacks.fgsm_rs(self.attack_model, x, y, eps=self.eps, alpha=self.alpha,
                                precision=c.precision, eval_mode=c.attack_bn == "eval",
-                               cuda_graph=c.cuda_graph)
+                               cuda_graph=self.cuda_graph)
 
 
 class Free(Method):
@@ -103,7 +110,7 @@ class Free(Method):
             # The loop's backward left the input gradient on the leaf: one signed step on δ.
             grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
             x_adv = leaf.detach()
-            ops.pgd_(x_adv, grad, x, eps=c.eps, alpha=c.alpha)
+            ops.pgd_(x_adv, grad, x, eps=self.eps, alpha=self.alpha)
             self.delta = x_adv - x
 
     def state(self):
@@ -125,7 +132,7 @@ class TRADES(Method):
             with torch.no_grad(), autocast(self.device, c.precision):
                 p_nat = F.softmax(self.attack_model(x).float(), dim=1)
             x_adv = x + 0.001 * torch.randn_like(x)
-            ops.pgd_(x_adv, torch.zeros_like(x_adv), x, eps=c.eps, alpha=0.0)  # into the ball
+            ops.pgd_(x_adv, torch.zeros_like(x_adv), x, eps=self.eps, alpha=0.0)  # into the ball
             for _ in range(c.steps):
                 x_adv.requires_grad_(True)
                 with torch.enable_grad(), autocast(self.device, c.precision):
@@ -133,7 +140,7 @@ class TRADES(Method):
                     kl = F.kl_div(log_p_adv, p_nat, reduction="sum")
                 (grad,) = torch.autograd.grad(kl, x_adv)
                 x_adv = x_adv.detach()
-                ops.pgd_(x_adv, grad, x, eps=c.eps, alpha=c.alpha)
+                ops.pgd_(x_adv, grad, x, eps=self.eps, alpha=self.alpha)
         return x_adv
 
     def losses(self, x, y):

@@ -1,0 +1,150 @@
+// Argument checks of the kernel ops, called first by every CPU and CUDA entry point. The
+// public ops (fastadv/ops.py) validate before they get here; these keep the raw registered
+// ops (torch.ops.fastadv._*_kernel_) memory-safe when called directly: a tensor on another
+// device (e.g. a CPU seed read on the GPU), a parameter table shorter than the batch, or a
+// second tensor laid out differently from x would otherwise be read out of bounds.
+// Errors name the op and the argument: ValueError for devices, shapes and layouts,
+// TypeError for dtypes (the op contract's exception types).
+#pragma once
+#include <ATen/ATen.h>
+#include <optional>
+
+namespace fastadv::checks {
+
+inline bool is_kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+// `ref` names the tensor written (x, or best_x for keep_best); the others follow it.
+inline void same_device(const char* op, const char* name, const at::Tensor& t, const char* ref,
+                        const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but ", ref,
+                    " is on ", x.device(), " (all tensors must be on ", ref, "'s device)");
+}
+
+// x: the tensor written, walked flat in memory order.
+inline void written(const char* op, const char* name, const at::Tensor& x) {
+  TORCH_CHECK_TYPE(is_kernel_dtype(x.scalar_type()), op, ": ", name,
+                   " must be float32, float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.is_non_overlapping_and_dense(), op, ": ", name,
+                    " must be dense and non-overlapping (the op layer copies other layouts)");
+}
+
+// A tensor read alongside x in the same walk: same device, shape and memory order.
+inline void read_like(const char* op, const char* name, const at::Tensor& t, const char* ref,
+                      const at::Tensor& x, bool same_dtype) {
+  same_device(op, name, t, ref, x);
+  if (same_dtype) {
+    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have ", ref,
+                     "'s dtype (", x.scalar_type(), "), got ", t.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(is_kernel_dtype(t.scalar_type()), op, ": ", name,
+                     " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  }
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " has shape ", t.sizes(), " but ",
+                    ref, " has shape ", x.sizes());
+  for (int64_t d = 0; d < x.dim(); ++d) {  // strides of size-1 dimensions do not matter
+    TORCH_CHECK_VALUE(x.size(d) == 1 || t.stride(d) == x.stride(d), op, ": ", name,
+                      " has strides ", t.strides(), " but ", ref, " has strides ", x.strides(),
+                      " (the kernel walks both in ", ref, "'s memory order)");
+  }
+}
+
+// The flat walk: examples of example_size elements, channels of channel_div elements.
+// Returns the number of examples, or -1 for an empty x (nothing is read: no sizes to check).
+inline int64_t walk(const char* op, const at::Tensor& x, int64_t example_size,
+                    int64_t channel_div) {
+  if (x.numel() == 0) return -1;
+  TORCH_CHECK_VALUE(example_size > 0 && x.numel() % example_size == 0, op,
+                    ": example_size must divide x's ", x.numel(), " elements, got ", example_size);
+  TORCH_CHECK_VALUE(channel_div > 0, op, ": channel_div must be positive, got ", channel_div);
+  return x.numel() / example_size;
+}
+
+// A per-example or per-channel table: fp32, contiguous, on x's device; `length` entries
+// unless length is -1.
+inline void table(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                  const at::Tensor& x, int64_t length) {
+  if (!t.has_value()) return;
+  same_device(op, name, *t, "x", x);
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+                   t->scalar_type());
+  TORCH_CHECK_VALUE(t->is_contiguous(), op, ": ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(length < 0 || t->numel() == length, op, ": ", name,
+                    " must have one value per example (", length, "), got ", t->numel());
+}
+
+// Per-channel lower/upper index the same channels (`numel` of whichever is given), so they
+// must agree in length, and hold at least one.
+inline void bounds(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& lower,
+                   const std::optional<at::Tensor>& upper, int64_t examples) {
+  table(op, "lower", lower, x, -1);
+  table(op, "upper", upper, x, -1);
+  if (examples < 0) return;
+  for (const auto* t : {&lower, &upper}) {
+    TORCH_CHECK_VALUE(!t->has_value() || (*t)->numel() >= 1, op, ": ",
+                      t == &lower ? "lower" : "upper",
+                      " must hold one value per channel, got none");
+  }
+  TORCH_CHECK_VALUE(!lower.has_value() || !upper.has_value() || lower->numel() == upper->numel(),
+                    op, ": lower has ", lower.has_value() ? lower->numel() : 0,
+                    " channels but upper has ", upper.has_value() ? upper->numel() : 0);
+}
+
+// _linf_step_kernel_ and _l2_step_kernel_.
+inline void step_args(const char* op, const at::Tensor& x, const at::Tensor& grad,
+                      const at::Tensor& x_nat, const std::optional<at::Tensor>& eps,
+                      const std::optional<at::Tensor>& alpha,
+                      const std::optional<at::Tensor>& lower,
+                      const std::optional<at::Tensor>& upper, int64_t example_size,
+                      int64_t channel_div) {
+  written(op, "x", x);
+  read_like(op, "grad", grad, "x", x, /*same_dtype=*/false);
+  read_like(op, "x_nat", x_nat, "x", x, /*same_dtype=*/true);
+  const int64_t examples = walk(op, x, example_size, channel_div);
+  table(op, "eps", eps, x, examples);
+  table(op, "alpha", alpha, x, examples);
+  bounds(op, x, lower, upper, examples);
+}
+
+// _random_init_kernel_: the seed is read where x is (on the GPU, without a host sync).
+inline void random_init_args(const char* op, const at::Tensor& x, const at::Tensor& x_nat,
+                             const at::Tensor& seed, const std::optional<at::Tensor>& eps,
+                             const std::optional<at::Tensor>& lower,
+                             const std::optional<at::Tensor>& upper, int64_t example_size,
+                             int64_t channel_div) {
+  written(op, "x", x);
+  read_like(op, "x_nat", x_nat, "x", x, /*same_dtype=*/true);
+  same_device(op, "seed", seed, "x", x);
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, op, ": seed must be int64, got ",
+                   seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.numel() >= 1, op, ": seed must hold one value, got an empty tensor");
+  const int64_t examples = walk(op, x, example_size, channel_div);
+  table(op, "eps", eps, x, examples);
+  bounds(op, x, lower, upper, examples);
+}
+
+// _keep_best_kernel_: best_loss and loss hold one value per example, in one dtype.
+inline void keep_best_args(const char* op, const at::Tensor& best_x, const at::Tensor& best_loss,
+                           const at::Tensor& x, const at::Tensor& loss, int64_t example_size) {
+  written(op, "best_x", best_x);
+  read_like(op, "x", x, "best_x", best_x, /*same_dtype=*/true);
+  const int64_t examples = walk(op, best_x, example_size, /*channel_div=*/1);
+  for (const auto* t : {&best_loss, &loss}) {
+    const char* name = t == &loss ? "loss" : "best_loss";
+    same_device(op, name, *t, "best_x", best_x);
+    TORCH_CHECK_TYPE(is_kernel_dtype(t->scalar_type()), op, ": ", name,
+                     " must be float32, float16 or bfloat16, got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->is_contiguous(), op, ": ", name, " must be contiguous");
+    TORCH_CHECK_VALUE(examples < 0 || t->numel() == examples, op, ": ", name,
+                      " must have one value per example (", examples, "), got ", t->numel());
+  }
+  TORCH_CHECK_TYPE(loss.scalar_type() == best_loss.scalar_type(), op,
+                   ": loss must have best_loss's dtype (", best_loss.scalar_type(), "), got ",
+                   loss.scalar_type());
+  // With empty examples (e.g. [B, 0]) the losses alone say how many there are.
+  TORCH_CHECK_VALUE(loss.numel() == best_loss.numel(), op, ": loss has ", loss.numel(),
+                    " values but best_loss has ", best_loss.numel());
+}
+
+}  // namespace fastadv::checks
