@@ -59,6 +59,11 @@ def _say(line):
     print(f"fastadv: {line}", flush=True)
 
 
+# What the build will do and why: said once, when the extension is built (pip runs this file
+# more than once per install).
+BUILD_NOTE = []
+
+
 def _write_build_info(**info):
     with open(BUILD_INFO, "w") as f:
         json.dump(info, f, indent=1)
@@ -106,7 +111,8 @@ def _extensions(build_temp):
                            extra_link_args=["-fopenmp"])
     toolkit, why_not = _cuda_plan()
     if toolkit is None:
-        _say(f"building the CPU kernels only; CUDA kernels skipped: {why_not}. {FORCE_HINT}.")
+        BUILD_NOTE.append(f"building the CPU kernels only; CUDA kernels skipped: {why_not}. "
+                          f"{FORCE_HINT}.")
         _write_build_info(extension=True, cuda_kernels=False, why=why_not)
         return [cpu_ext]
 
@@ -124,8 +130,8 @@ def _extensions(build_temp):
         extra_link_args=["-fopenmp"],
     )
     cuda_ext.cpu_fallback = None if _flag("FASTADV_BUILD_CUDA") else cpu_ext
-    _say(f"building the CPU and CUDA kernels (CUDA {toolkit.version} at {toolkit.root}, "
-         f"archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
+    BUILD_NOTE.append(f"building the CPU and CUDA kernels (CUDA {toolkit.version} at "
+                      f"{toolkit.root}, archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
     _write_build_info(extension=True, cuda_kernels=True, why=f"CUDA {toolkit.version} at "
                       f"{toolkit.root}, archs {os.environ['TORCH_CUDA_ARCH_LIST']}")
     return [cuda_ext]
@@ -155,6 +161,8 @@ class BuildWithFallback(BuildExtension.with_options(use_ninja=True)):
         return super().build_extension(cpu)
 
     def run(self):
+        for line in BUILD_NOTE:
+            _say(line)
         super().run()
         # A wheel carries the build info next to the extension it describes.
         target = os.path.join(self.build_lib, "fastadv", "_build_info.json")

@@ -14,6 +14,7 @@ step a forward and an input-only backward), from the model's counted forward FLO
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +89,55 @@ def eager_pgd(model, x, y, steps, step_fn=None):
     return x_adv
 
 
-def implementations(model, steps: int, device):
+def _input_grad_pgd(model, x, y, steps: int, step_fn=None):
+    """The eager loop written so torch.compile can take all of it: the input gradient via
+    torch.autograd.grad (traced with trace_autograd_ops), no host sync, the formula or
+    ``step_fn`` as the step."""
+    x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+        x_adv = x_adv.detach()
+        if step_fn is not None:
+            step_fn(x_adv, grad, x)
+        else:
+            x_adv = x_adv + ALPHA * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - EPS), x + EPS).clamp(0, 1)
+    return x_adv
+
+
+def _fused_step(x_adv, grad, x_nat):
+    fastadv.pgd_(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA)
+
+
+def compiled_implementations(model, steps: int) -> dict:
+    """torch.compile of the whole loop (model, gradient, step): with the eager formula (which
+    Inductor fuses itself) and with fastadv's step. The model's weights are frozen inside, as
+    in fastadv.pgd, so only input gradients are computed. Their first call compiles: _time_case
+    reports it as compile_s, apart from the steady state."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+
+    def compiled(step_fn):
+        fn = torch.compile(lambda m, x, y: _input_grad_pgd(m, x, y, steps, step_fn),
+                           dynamic=False)
+
+        def run(x, y):
+            for p in frozen:
+                p.requires_grad_(False)
+            try:
+                with torch._dynamo.config.patch(trace_autograd_ops=True):
+                    return fn(model, x, y)
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
+        return run
+
+    return {"torch.compile(eager loop: model + step)": compiled(None),
+            "torch.compile(loop + fastadv.pgd_)": compiled(_fused_step)}
+
+
+def implementations(model, steps: int, device, compile_rows: bool = False):
     impls = {
         "eager loop (fp32, loss.backward)": lambda x, y: eager_pgd(model, x, y, steps),
         "+ fused op": lambda x, y: eager_pgd(
@@ -101,6 +150,8 @@ def implementations(model, steps: int, device):
     if device.type == "cuda":
         impls["+ CUDA graph"] = lambda x, y: fastadv.pgd(
             model, x, y, eps=EPS, alpha=ALPHA, steps=steps, precision="bf16", cuda_graph=True)
+    if compile_rows:
+        impls.update(compiled_implementations(model, steps))
     try:
         import torchattacks
 
@@ -161,6 +212,7 @@ class Row:
     mfu_bf16: float | None
     robust_accuracy: float
     clean_accuracy: float
+    compile_s: float | None = None  # the first call of a torch.compile row, not in min/median
 
 
 def _time_case(model, x, y, impls: dict, device, repeats: int):
@@ -171,17 +223,24 @@ def _time_case(model, x, y, impls: dict, device, repeats: int):
     for name, attack in impls.items():
         if "channels_last" in name:
             model.to(memory_format=torch.channels_last)
+        compile_s = None
+        if name.startswith("torch.compile"):
+            start = time.perf_counter()
+            attack(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            compile_s = time.perf_counter() - start
         timing = time_fn(lambda: attack(x, y), device, repeats=repeats, warmup=1)
         x_adv = attack(x, y)
         with torch.no_grad():
             robust = (model(x_adv).argmax(1) == y).float().mean().item()
-        out[name] = (timing, robust)
+        out[name] = (timing, robust, compile_s)
     return out
 
 
 def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_steps: int = 50,
         eval_restarts: int = 10, max_batch: int | None = None,
-        device_name: str = "") -> list[Row]:
+        device_name: str = "", compile_rows: bool | None = None) -> list[Row]:
     torch.manual_seed(0)
     x_train, y_train = synthetic_cifar(2048, device, seed=1)
     x, y = synthetic_cifar(batch, device, seed=2)
@@ -191,24 +250,27 @@ def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_step
     flops = 2 * steps * forward_flops_per_image(model)
     peak = peak_tflops(device_name)
     rows = []
-    cases = [(steps, 1, implementations(model, steps, device), "eager loop (fp32, loss.backward)")]
+    if compile_rows is None:  # on a CPU the small CNN only: Inductor takes minutes on larger ones
+        compile_rows = device.type == "cuda" or model_name == "small-cnn"
+    cases = [(steps, 1, implementations(model, steps, device, compile_rows),
+              "eager loop (fp32, loss.backward)")]
     if eval_restarts:
         cases.append((eval_steps, eval_restarts,
                       eval_implementations(model, eval_steps, eval_restarts, device,
                                            max_batch or batch), None))
     for k, restarts, impls, eager_name in cases:
         results = _time_case(model, x, y, impls, device, repeats)
-        ta = next((t for name, (t, _) in results.items() if name.startswith("torchattacks")),
+        ta = next((t for name, (t, *_) in results.items() if name.startswith("torchattacks")),
                   None)
         eager = results[eager_name][0] if eager_name else None
-        for name, (t, robust) in results.items():
+        for name, (t, robust, compile_s) in results.items():
             ips = batch / t.min_s
             tflops = ips * flops / 1e12 if restarts == 1 else None
             rows.append(Row(model_name, batch, k, restarts, name, t.min_s, t.median_s, ips,
                             None if ta is None else ta.min_s / t.min_s,
                             None if eager is None else eager.min_s / t.min_s, tflops,
                             None if tflops is None or peak is None else tflops / peak,
-                            robust, clean))
+                            robust, clean, compile_s))
     model.to(memory_format=torch.contiguous_format)
     return rows
 
@@ -221,15 +283,16 @@ def markdown(rows: list[Row], env: dict) -> str:
     lines = [f"PGD attack throughput on {env['device']}, torch {env['torch']}, {env['date'][:10]}",
              "", "| model | batch | attack | impl | images/s | s per 1,000 images "
              "| vs torchattacks | vs eager loop | TFLOP/s | MFU (bf16 peak) | robust acc "
-             "| clean acc |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| clean acc | compile s |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         attack = f"PGD-{r.steps}" + (f" x {r.restarts}" if r.restarts > 1 else "")
         tflops = "—" if r.tflops is None else f"{r.tflops:.3f}"
         mfu = "—" if r.mfu_bf16 is None else f"{r.mfu_bf16:.1%}"
         lines.append(f"| {r.model} | {r.batch} | {attack} | {r.impl} | {r.images_per_s:.1f} "
                      f"| {1000 / r.images_per_s:.3g} | {_ratio(r.speedup_vs_torchattacks)} | {_ratio(r.speedup_vs_eager)} "
-                     f"| {tflops} | {mfu} | {r.robust_accuracy:.1%} | {r.clean_accuracy:.1%} |")
+                     f"| {tflops} | {mfu} | {r.robust_accuracy:.1%} | {r.clean_accuracy:.1%} "
+                     f"| {'' if r.compile_s is None else f'{r.compile_s:.1f}'} |")
     return "\n".join(lines)
 
 
@@ -237,8 +300,9 @@ def cases(device: torch.device, quick: bool) -> list[dict]:
     """One dict of run() arguments per model. On the CPU the PGD-50 x 10 evaluation runs on
     the small CNN only (on PreActResNet-18 it would take most of an hour)."""
     if quick:
+        # No torch.compile rows: compiling the two loops takes minutes here (CI runs --quick).
         return [dict(model_name="small-cnn", batch=32, steps=10, repeats=2, eval_steps=10,
-                     eval_restarts=3, max_batch=64)]
+                     eval_restarts=3, max_batch=64, compile_rows=False)]
     if device.type == "cuda":
         return [dict(model_name=m, batch=512, steps=10, repeats=5, eval_steps=50, eval_restarts=10,
                      max_batch=1024 if m == "wrn-34-10" else 5120) for m in MODELS]

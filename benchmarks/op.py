@@ -7,13 +7,22 @@ Bandwidth counts the bytes the fused op must move: read x_adv, grad, x_nat, writ
 (for the copy: read and write once). GB/s and "of copy" use the min time; the eager ratio is
 given on min and on median times, since on CPU the eager formula's six allocations make its
 times bimodal (page faults when malloc returns fresh memory).
+
+``compile`` is ``torch.compile`` of the same formula written in place (Inductor fuses it into
+one C++ loop on the CPU, one Triton kernel on a GPU); its compile time is given apart from
+its steady-state time. The call-overhead table times one call on a 2x3x4x4 tensor (the host
+cost a ~5 µs GPU step cannot hide): ``torch.add``, the registered op called directly, and
+the public ``fastadv.pgd_`` with float and with (the same, reused) tensor ε/α.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
+import timeit
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -48,6 +57,16 @@ def make_state(shape, device, dtype=torch.float32):
     return x_adv, grad, x_nat
 
 
+def compiled_step_fn(x_adv, grad, x_nat):
+    """torch.compile of the eager formula, in place like pgd_; returns (fn, compile seconds)."""
+    step = torch.compile(lambda x, g, n: x.copy_(eager_linf_step(x, g, n)), dynamic=False)
+    start = time.perf_counter()
+    step(x_adv, grad, x_nat)
+    if x_adv.is_cuda:
+        torch.cuda.synchronize(x_adv.device)
+    return (lambda: step(x_adv, grad, x_nat)), time.perf_counter() - start
+
+
 def fused_step_fn(backend: str, x_adv, grad, x_nat):
     def run():
         os.environ["FASTADV_BACKEND"] = backend
@@ -66,6 +85,8 @@ class Row:
     fraction_of_copy: float
     speedup_vs_eager: float  # eager min / this min
     speedup_vs_eager_median: float
+    compile_s: Optional[float] = None  # compile time (first call), apart from min/median
+    vs_torch_add: Optional[float] = None  # call-overhead rows: this call / one torch.add
 
 
 def run(device: torch.device, shapes, dtype=torch.float32, repeats=20) -> list[Row]:
@@ -81,6 +102,8 @@ def run(device: torch.device, shapes, dtype=torch.float32, repeats=20) -> list[R
                 "eager": time_fn(lambda: eager_linf_step(x_adv, grad, x_nat), device,
                                  repeats=repeats),
             }
+            compiled, compile_s = compiled_step_fn(x_adv.clone(), grad, x_nat)
+            timings["compile"] = time_fn(compiled, device, repeats=repeats)
             for backend in backends.available(device):
                 timings[f"fastadv[{backend}]"] = time_fn(
                     fused_step_fn(backend, x_adv, grad, x_nat), device, repeats=repeats)
@@ -91,7 +114,8 @@ def run(device: torch.device, shapes, dtype=torch.float32, repeats=20) -> list[R
                 rows.append(Row(name, str(dtype).removeprefix("torch."), impl, t.min_s * 1e6,
                                 t.median_s * 1e6, gbs, gbs / copy_gbs,
                                 timings["eager"].min_s / t.min_s,
-                                timings["eager"].median_s / t.median_s))
+                                timings["eager"].median_s / t.median_s,
+                                compile_s if impl == "compile" else None))
     finally:
         if saved is None:
             os.environ.pop("FASTADV_BACKEND", None)
@@ -100,15 +124,59 @@ def run(device: torch.device, shapes, dtype=torch.float32, repeats=20) -> list[R
     return rows
 
 
+OVERHEAD_SHAPE = (2, 3, 4, 4)
+
+
+def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -> list[Row]:
+    """Host time of one call on a tiny tensor, min over `repeats` runs of `number` calls (the
+    machine is noisy; the min is the cost, the rest is interference). Without a device sync:
+    on a GPU this is the launch cost the CPU pays, which a small step cannot hide."""
+    x_adv, grad, x_nat = make_state(OVERHEAD_SHAPE, device)
+    out = torch.empty_like(x_adv)
+    batch = OVERHEAD_SHAPE[0]
+    eps_t = torch.full((batch,), EPS, device=device)
+    alpha_t = torch.full((batch,), ALPHA, device=device)
+    args = fastadv.ops._step_args(x_adv, grad, x_nat, EPS, ALPHA, 0.0, 1.0, "linf")
+    calls = {
+        "call: torch.add": lambda: torch.add(x_adv, grad),
+        "call: torch.add(out=)": lambda: torch.add(x_adv, grad, out=out),
+        "call: torch.ops.fastadv.pgd_": lambda: torch.ops.fastadv.pgd_(*args),
+        "call: fastadv.pgd_ (float eps)": lambda: fastadv.pgd_(x_adv, grad, x_nat, eps=EPS,
+                                                               alpha=ALPHA),
+        "call: fastadv.pgd_ (tensor eps)": lambda: fastadv.pgd_(x_adv, grad, x_nat,
+                                                                eps=eps_t, alpha=alpha_t),
+    }
+    times = {}
+    for impl, fn in calls.items():
+        fn()
+        samples = [t / number for t in timeit.repeat(fn, number=number, repeat=repeats)]
+        times[impl] = (min(samples), sorted(samples)[len(samples) // 2])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    add = times["call: torch.add"][0]
+    name = "x".join(map(str, OVERHEAD_SHAPE))
+    return [Row(name, "float32", impl, lo * 1e6, mid * 1e6, 0.0, 0.0, 0.0, 0.0,
+                vs_torch_add=lo / add) for impl, (lo, mid) in times.items()]
+
+
 def markdown(rows: list[Row], env: dict) -> str:
     lines = [f"`pgd_` (l-inf step) on {env['device']}, torch {env['torch']}, {env['date'][:10]}",
              "", "| shape | dtype | impl | min µs | median µs | GB/s | of copy "
-             "| vs eager (min) | vs eager (median) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| vs eager (min) | vs eager (median) | compile s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    calls = [r for r in rows if r.impl.startswith("call: ")]
     for r in rows:
+        if r in calls:
+            continue
+        compile_s = f"{r.compile_s:.1f}" if r.compile_s is not None else ""
         lines.append(f"| {r.shape} | {r.dtype} | {r.impl} | {r.min_us:.1f} | {r.median_us:.1f} "
                      f"| {r.gb_per_s:.1f} | {r.fraction_of_copy:.0%} | {r.speedup_vs_eager:.2f}× "
-                     f"| {r.speedup_vs_eager_median:.2f}× |")
+                     f"| {r.speedup_vs_eager_median:.2f}× | {compile_s} |")
+    if calls:
+        lines += ["", f"Host time of one call on a {calls[0].shape} tensor (min of runs):", "",
+                  "| call | min µs | median µs | vs torch.add |", "|---|---:|---:|---:|"]
+        lines += [f"| {r.impl.removeprefix('call: ')} | {r.min_us:.2f} | {r.median_us:.2f} "
+                  f"| {r.vs_torch_add:.1f}× |" for r in calls]
     return "\n".join(lines)
 
 
@@ -122,6 +190,8 @@ def main(argv=None):
     device = torch.device(args.device)
     shapes = QUICK_SHAPES if args.quick else tuple(SHAPES)
     rows = run(device, shapes, getattr(torch, args.dtype), repeats=5 if args.quick else 30)
+    rows += call_overhead(device, number=500 if args.quick else 2000,
+                          repeats=5 if args.quick else 15)
     report("op", device, rows, markdown, args.json)
 
 if __name__ == "__main__":

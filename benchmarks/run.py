@@ -37,7 +37,9 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def run_suite(suite: str, device: torch.device, quick: bool, models=None) -> list:
     if suite == "op":
         shapes = op.QUICK_SHAPES if quick else tuple(op.SHAPES)
-        return op.run(device, shapes, repeats=5 if quick else 30)
+        return (op.run(device, shapes, repeats=5 if quick else 30)
+                + op.call_overhead(device, number=500 if quick else 2000,
+                                   repeats=5 if quick else 15))
     module = {"attack": attack, "train": train}[suite]
     name = device_name(device)
     return [row for case in module.cases(device, quick)

@@ -4,6 +4,7 @@ RNG state), and ``load_model`` to get a trained model back for evaluation."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 
@@ -20,6 +21,51 @@ def save_atomic(obj, path: str) -> None:
     """torch.save through a temp file, fsync and rename (:func:`fastadv._io.atomic_open`)."""
     with atomic_open(path) as f:
         torch.save(obj, f)
+
+
+DIGEST = "sha256"  # the key a checked file keeps its contents' digest under
+
+
+def content_digest(obj) -> str:
+    """sha256 over a saved object's contents (tensor bytes, dtypes, shapes and every other
+    value's repr): torch.load checks no checksum, so a flipped byte in a tensor would load."""
+    h = hashlib.sha256()
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}".encode())
+            for k in sorted(o, key=repr):
+                h.update(repr(k).encode())
+                walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{type(o).__name__[0]}{len(o)}".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"V{o!r};".encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
+def save_checked(obj: dict, path: str) -> None:
+    """:func:`save_atomic` of ``obj`` with its :func:`content_digest`, which
+    :func:`check_digest` verifies on load (a damaged file is refused, never used)."""
+    save_atomic({**obj, DIGEST: content_digest(obj)}, path)
+
+
+def check_digest(obj, path: str) -> None:
+    """A ValueError when ``obj`` (loaded from ``path``) carries a digest its contents do not
+    match; files written before digests existed pass."""
+    if isinstance(obj, dict) and DIGEST in obj:
+        body = {k: v for k, v in obj.items() if k != DIGEST}
+        if content_digest(body) != obj[DIGEST]:
+            raise ValueError(f"{path!r} is damaged: its contents do not match the checksum "
+                             "written with it")
 
 
 def rng_state() -> dict:
@@ -49,12 +95,17 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not ours"
-        raise ValueError(f"checkpoint {path!r} is not a fastadv checkpoint "
+        raise ValueError(f"checkpoint {path!r} is damaged or not a fastadv checkpoint "
                          f"(torch.load failed: {exc.__class__.__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path!r} is not a fastadv checkpoint (no format tag "
                          f"{FORMAT!r}); fastadv.load_model reads files written by "
                          "python -m fastadv.train")
+    try:
+        check_digest(ckpt, path)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {exc}") from None
+    ckpt.pop(DIGEST, None)
     return ckpt
 
 

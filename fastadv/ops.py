@@ -24,7 +24,8 @@ def _kernel(backend: str, name: str):
         from . import kernels
 
         return _triton_launcher(name, getattr(kernels, name))
-    return getattr(torch.ops.fastadv, f"_{name}_kernel_").default
+    overload = getattr(torch.ops.fastadv, f"_{name}_kernel_").default
+    return getattr(overload, "_op", overload)  # the C++ callable, without a Python frame
 
 
 class _TritonFailed(Exception):
@@ -54,19 +55,33 @@ def _triton_launcher(name: str, launch):
 
 def _uses_reference(backend: str, *tensors: Tensor) -> bool:
     # The kernels cover fp32/fp16/bf16; fp64 (e.g. for gradcheck) runs the reference.
-    return backend == "torch" or any(t.dtype == torch.float64 for t in tensors)
+    if backend == "torch":
+        return True
+    for t in tensors:
+        if t.dtype is torch.float64:
+            return True
+    return False
 
 
 def _launch_flat(backend: str, name: str, x: Tensor, reads: list, *params) -> None:
     """Run kernel `name` on x (written) and `reads`, all walked flat in x's memory order.
     Tensors without that one dense layout are copied into it (and x back afterwards)."""
+    _launch_flat_with(_kernel(backend, name), x, reads, *params)
+
+
+def _launch_flat_with(launch, x: Tensor, reads: list, *params) -> None:
+    if x.is_contiguous() and all(r.is_contiguous() for r in reads):  # the per-step case
+        numel, batch = x.numel(), x.shape[0]
+        example_size = max(numel // batch if batch else 1, 1)
+        launch(x, *reads, *params, example_size, x.stride(1) if x.dim() > 1 else 1)
+        return
     layout = flat_layout(x)
     work = x if layout is not None else x.contiguous()
     if layout is None:
         layout = flat_layout(work)
     reads = [r if same_strides(r, work) else torch.empty_like(work, dtype=r.dtype).copy_(r)
              for r in reads]
-    _kernel(backend, name)(work, *reads, *params, *layout)
+    launch(work, *reads, *params, *layout)
     if work is not x:
         x.copy_(work)
 
@@ -110,6 +125,9 @@ def _register(name: str):
     return wrap
 
 
+_STEP_KERNELS = {"linf": "linf_step", "l2": "l2_step"}
+
+
 @_register("pgd_")
 def _pgd_op(
     x_adv: Tensor, grad: Tensor, x_nat: Tensor,
@@ -119,10 +137,15 @@ def _pgd_op(
     upper_per_channel: Optional[Tensor], upper: float,
     norm: str,
 ) -> None:
-    _check_devices("pgd_", x_adv, grad=grad, x_nat=x_nat, eps_per_example=eps_per_example,
-                   alpha_per_example=alpha_per_example, lower_per_channel=lower_per_channel,
-                   upper_per_channel=upper_per_channel)
-    backend = backends.select(x_adv.device, f"{norm}_step")
+    device = x_adv.device
+    if (grad.device != device or x_nat.device != device or eps_per_example is not None
+            or alpha_per_example is not None or lower_per_channel is not None
+            or upper_per_channel is not None):  # the float-parameter case checks two devices
+        _check_devices("pgd_", x_adv, grad=grad, x_nat=x_nat, eps_per_example=eps_per_example,
+                       alpha_per_example=alpha_per_example, lower_per_channel=lower_per_channel,
+                       upper_per_channel=upper_per_channel)
+    kernel = _STEP_KERNELS.get(norm) or f"{norm}_step"
+    backend = backends.select(device, kernel)
     if _uses_reference(backend, x_adv, grad):
         step = reference.linf_step if norm == "linf" else reference.l2_step
         x_adv.copy_(step(
@@ -132,7 +155,7 @@ def _pgd_op(
         ))
         return
     try:
-        _launch_flat(backend, f"{norm}_step", x_adv, [grad, x_nat],
+        _launch_flat(backend, kernel, x_adv, [grad, x_nat],
                      eps_per_example, eps, alpha_per_example, alpha,
                      lower_per_channel, lower, upper_per_channel, upper)
     except _TritonFailed:  # x_adv untouched; the next backend takes this call and later ones
@@ -143,6 +166,62 @@ def _pgd_op(
 @torch.library.register_fake("fastadv::pgd_", lib=_LIB)
 def _(x_adv, grad, x_nat, *args) -> None:
     return None
+
+
+# ----------------------------------------------------------------- traceable Triton path
+#
+# fastadv::pgd_ is opaque to torch.compile: Inductor sees a call it cannot look into. Where
+# the step runs on Triton (CUDA tensors, torch >= 2.6), AOT tracing instead decomposes it
+# into fastadv::_pgd_triton_, a torch.library.triton_op whose body launches the same
+# kernels through wrap_triton: the graph then holds the Triton kernel itself
+# (triton_kernel_wrapper_functional), which Inductor compiles, schedules and captures in
+# CUDA graphs with its own kernels. Everything else (the C++ kernels, the reference, older
+# torch, torch.export) keeps the opaque op. In eager code nothing changes: the op runs its
+# implementation above, with its fallback when a Triton kernel fails. Under torch.compile a
+# Triton kernel that fails to compile fails the compile (FASTADV_BACKEND=cuda avoids it).
+
+_TRACEABLE_TRITON = hasattr(torch.library, "triton_op") and hasattr(torch.library,
+                                                                    "register_torch_dispatch")
+
+
+def _pgd_triton(
+    x_adv: Tensor, grad: Tensor, x_nat: Tensor,
+    eps_per_example: Optional[Tensor], eps: float,
+    alpha_per_example: Optional[Tensor], alpha: float,
+    lower_per_channel: Optional[Tensor], lower: float,
+    upper_per_channel: Optional[Tensor], upper: float,
+    norm: str,
+) -> None:
+    from . import kernels
+
+    launch = kernels.linf_step if norm == "linf" else kernels.l2_step
+    _launch_flat_with(launch, x_adv, [grad, x_nat], eps_per_example, eps, alpha_per_example,
+                      alpha, lower_per_channel, lower, upper_per_channel, upper)
+
+
+def traces_triton(device: torch.device, norm: str, *tensors: Tensor) -> bool:
+    """Whether torch.compile traces a pgd_ step on ``device`` through its Triton kernel
+    (True) or keeps the opaque op (False)."""
+    return (_TRACEABLE_TRITON and device.type == "cuda"
+            and backends.select(device, _STEP_KERNELS[norm]) == "triton"
+            and not backends.triton_interpreted()
+            and not any(t.dtype is torch.float64 for t in tensors))
+
+
+if _TRACEABLE_TRITON:
+    torch.library.triton_op("fastadv::_pgd_triton_", _pgd_triton, mutates_args={"x_adv"})
+
+    def _pgd_functional(mode, op, types, args, kwargs):
+        x_adv, grad, norm = args[0], args[1], args[-1]
+        if not kwargs and len(args) == 12 and traces_triton(x_adv.device, norm, x_adv, grad):
+            with mode:
+                return torch.ops.fastadv._pgd_triton_(*args, **kwargs)
+        return mode.__torch_dispatch__(op, types, args, kwargs)
+
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    torch.library.register_torch_dispatch("fastadv::pgd_", FunctionalTensorMode,
+                                          _pgd_functional, lib=_LIB)
 
 
 @_register("pgd_step")
@@ -263,10 +342,26 @@ def ball_args(x_adv: Tensor, eps, alpha, lower, upper, norm) -> tuple:
 
 
 def _step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm) -> tuple:
-    x_adv = _checks.batched("x_adv", x_adv)
-    _checks.like("grad", grad, "x_adv", x_adv, same_dtype=False)
-    _checks.like("x_nat", x_nat, "x_adv", x_adv, same_dtype=True)
-    return (x_adv, grad, x_nat, *ball_args(x_adv, eps, alpha, lower, upper, norm))
+    _checks.step_tensors(x_adv, grad, x_nat)
+    ball = _checks.float_ball(eps, alpha, lower, upper, norm)
+    if ball is None:
+        ball = ball_args(x_adv, eps, alpha, lower, upper, norm)
+    return (x_adv, grad, x_nat, *ball)
+
+
+_is_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_mode = torch._C._is_torch_function_mode_enabled
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
+def _plain_eager(*tensors: Tensor) -> bool:
+    """True when a call may run the op's implementation without the dispatcher round trip
+    (~4 µs of boxing 12 arguments into Python): eager, plain tensors, and no mode or
+    transform that must see the op (torch.compile, make_fx, FakeTensorMode, vmap,
+    functionalize, a TorchFunctionMode). What runs is the same implementation."""
+    return (not _is_compiling() and not _dispatch_modes() and not _function_mode()
+            and not _functorch_active() and all(type(t) is Tensor for t in tensors))
 
 
 def pgd_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps, alpha, lower=0.0, upper=1.0,
@@ -299,8 +394,15 @@ def pgd_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps, alpha, lower=0.0, u
     anything is written.
     """
     args = _step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm)
-    with torch.no_grad():
-        torch.ops.fastadv.pgd_(*args)
+    if _plain_eager(x_adv, grad, x_nat):
+        if x_adv.requires_grad or grad.requires_grad or x_nat.requires_grad:
+            with torch.no_grad():
+                _pgd_op(*args)
+        else:  # no_grad's context manager costs ~1 µs, and nothing would be recorded
+            _pgd_op(*args)
+    else:
+        with torch.no_grad():
+            torch.ops.fastadv.pgd_(*args)
     return x_adv
 
 

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._traceable import tracing
+
 VECTOR_BYTES = 16
 EDGE = 16  # lanes of the head and tail blocks: each has fewer than 16 elements
 
@@ -34,7 +36,12 @@ class Split(NamedTuple):
 
 
 def aligned_split(numel: int, tensors) -> Split:
-    """head, body, tail of ``numel`` elements walked flat in memory order in ``tensors``."""
+    """head, body, tail of ``numel`` elements walked flat in memory order in ``tensors``.
+    A tracer's tensors have no addresses: head 0 then (correct for any alignment; the
+    compiler that launches the traced kernel specialises on the addresses it sees)."""
+    if tracing(tensors[0]):
+        body = numel // EDGE * EDGE
+        return Split(0, body, numel - body)
     ptrs = [t.data_ptr() for t in tensors]
     head = 0
     if any(p % VECTOR_BYTES for p in ptrs):  # fresh allocations are aligned: skip the search

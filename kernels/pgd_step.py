@@ -6,6 +6,7 @@ import triton.language as tl
 from ._common import (PARAMETER_POINTERS, channels_of, clamp_nan, combined_bounds,
                       dummy_if_none, per_channel, per_example, per_index)
 from ._split import EDGE, aligned_split, programs, shifted
+from ._traceable import launchable
 
 LINF_BLOCK = 1024
 # Two block sizes only (each is a compiled variant per dtype and parameter kind): examples
@@ -81,16 +82,18 @@ def _linf_step_kernel(
                     PER_CHANNEL_LOWER, PER_CHANNEL_UPPER, BLOCK)
 
 
+# Unused parameter pointers point at x_nat (x's dtype, never written), not at x: a tracer
+# that cannot analyse the kernel assumes every pointer written, and x must stay one of a kind.
 def linf_step(x, grad, x_nat, eps, eps_value, alpha, alpha_value, lower, lower_value,
               upper, upper_value, example_size, channel_div):
     numel = x.numel()
     if numel == 0:
         return
     split = aligned_split(numel, (x, grad, x_nat))
-    _linf_step_kernel[(programs(split, LINF_BLOCK),)](
+    launchable(_linf_step_kernel, x)[(programs(split, LINF_BLOCK),)](
         shifted(x, split.head), shifted(grad, split.head), shifted(x_nat, split.head),
-        dummy_if_none(eps, x), eps_value, dummy_if_none(alpha, x), alpha_value,
-        dummy_if_none(lower, x), lower_value, dummy_if_none(upper, x), upper_value,
+        dummy_if_none(eps, x_nat), eps_value, dummy_if_none(alpha, x_nat), alpha_value,
+        dummy_if_none(lower, x_nat), lower_value, dummy_if_none(upper, x_nat), upper_value,
         split.body, split.head, split.tail, split.head + split.body,
         example_size, channel_div, channels_of(lower, upper),
         PER_EXAMPLE_EPS=eps is not None, PER_EXAMPLE_ALPHA=alpha is not None,
@@ -171,10 +174,10 @@ def l2_step(x, grad, x_nat, eps, eps_value, alpha, alpha_value, lower, lower_val
     if x.numel() == 0:
         return
     grid = (x.numel() // example_size,)
-    _l2_step_kernel[grid](
+    launchable(_l2_step_kernel, x)[grid](
         x, grad, x_nat,
-        dummy_if_none(eps, x), eps_value, dummy_if_none(alpha, x), alpha_value,
-        dummy_if_none(lower, x), lower_value, dummy_if_none(upper, x), upper_value,
+        dummy_if_none(eps, x_nat), eps_value, dummy_if_none(alpha, x_nat), alpha_value,
+        dummy_if_none(lower, x_nat), lower_value, dummy_if_none(upper, x_nat), upper_value,
         example_size, channel_div, channels_of(lower, upper),
         PER_EXAMPLE_EPS=eps is not None, PER_EXAMPLE_ALPHA=alpha is not None,
         PER_CHANNEL_LOWER=lower is not None, PER_CHANNEL_UPPER=upper is not None,

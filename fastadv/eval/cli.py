@@ -13,8 +13,10 @@ import sys
 import torch
 
 from .._io import resolve_device
+from .._rundir import DirectoryBusy, RunLock, leftovers_line, remove_leftovers
 from ..checkpoint import load_checkpoint, load_model
 from ..data import DATASETS, DatasetNotFoundError, DownloadError, is_dataset, load_run_dataset
+from ..train.cli import write_failure
 from ..train.config import number
 from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, MissingDependency,
                       check_attacks, torchattacks)
@@ -32,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
                     "per-example worst case over the attacks, a sanity report that flags "
                     "evaluations too weak to trust (gradient masking), and accuracy vs eps.",
         epilog="exit status: 0 done, 2 bad input, 3 with --strict when a sanity check warns; "
-               "1 when an attack returns points outside the eps-ball")
+               "1 when an attack returns points outside the eps-ball or a write fails (disk "
+               "full, permissions)")
     a = p.add_argument
     a("--checkpoint", required=True, help="a checkpoint written by python -m fastadv.train "
                                           "(RUN/best.pt or RUN/last.pt)")
@@ -77,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
       help="PGD steps per point of the curve, one restart (default: %(default)s)")
     a("--strict", action="store_true", help="exit with status 3 when a sanity check warns")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--debug", action="store_true", help="show the traceback of a failed write (disk full, "
+                                           "permissions) instead of one line")
     return p
 
 
@@ -169,6 +174,38 @@ def main(argv=None) -> int:
     except (ValueError, MissingDependency, DatasetNotFoundError, DownloadError) as exc:
         p.error(str(exc))
     partial = args.json + ".partial" if args.json else None
+    lock = None
+    if args.json:  # one evaluation per --json at a time (their partial files would mix)
+        folder, name = os.path.split(os.path.abspath(args.json))
+        lock = RunLock(os.path.join(folder, f".{name}.lock"), f"--json {args.json}")
+        try:
+            lock.acquire()
+        except DirectoryBusy as exc:
+            p.error(str(exc))
+    try:
+        return _run(p, args, plan, partial)
+    except OSError as exc:
+        if args.debug:
+            raise
+        kept = (f"; the completed work in {partial} is intact: --resume continues from it"
+                if partial and os.path.exists(partial) else "")
+        print(f"{PROG}: error: {write_failure(exc)}{kept} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(p, args, plan: Plan, partial: str | None) -> int:
+    if args.json:
+        folder, name = os.path.split(os.path.abspath(args.json))
+        names = {name, name + ".partial"}
+        if args.plot:
+            names.add(os.path.basename(args.plot))
+        count, size = remove_leftovers(folder, names)
+        if count:
+            print(leftovers_line(count, size, folder), file=sys.stderr)
     if args.resume and os.path.exists(partial):
         print(f"resuming the evaluation kept in {partial}", file=sys.stderr)
     try:

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-from ..checkpoint import save_atomic
+from ..checkpoint import check_digest, save_checked
 
 FORMAT = "fastadv-eval-partial/2"  # /2: a unit per attack per batch
 
@@ -61,6 +61,10 @@ class Store:
             raise ValueError(f"--resume: {path} is not a readable partial evaluation "
                              f"({exc.__class__.__name__}: {exc}); delete it to start over"
                              ) from None
+        try:
+            check_digest(state, path)
+        except ValueError as exc:
+            raise ValueError(f"--resume: {exc}; delete it to start over") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"--resume: {path} is not a fastadv partial evaluation; delete it "
                              "to start over")
@@ -81,8 +85,8 @@ class Store:
     def put(self, key: str, value) -> None:
         self.units[key] = value
         if self.path is not None:
-            save_atomic({"format": FORMAT, "settings": self.settings, "units": self.units},
-                        self.path)
+            save_checked({"format": FORMAT, "settings": self.settings, "units": self.units},
+                         self.path)
 
     def finish(self) -> None:
         """The run is complete (its report written): the partial file goes."""

@@ -16,6 +16,7 @@ import torch
 
 from .. import _io as _shared
 from .._io import write_atomic
+from .._rundir import leftovers_line, remove_leftovers
 
 
 class ExperimentError(ValueError):
@@ -41,7 +42,13 @@ def output_paths(prefix: str, flag: str = "--out") -> tuple[str, str]:
             from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ExperimentError(f"{flag} {prefix!r}: {folder} is not writable")
-    return prefix + ".json", prefix + ".png"
+    json_path, png_path = prefix + ".json", prefix + ".png"
+    # The temp files of writes of these outputs that a kill interrupted.
+    count, size = remove_leftovers(folder, {os.path.basename(json_path),
+                                            os.path.basename(png_path)})
+    if count:
+        print(leftovers_line(count, size, folder), file=sys.stderr)
+    return json_path, png_path
 
 
 def _finite(obj):

@@ -20,8 +20,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._io import write_atomic, write_json
-from ..checkpoint import (FORMAT, load_checkpoint, model_from_checkpoint, rng_state, save_atomic,
+from .._io import WriteError, write_atomic, write_json
+from .._rundir import (LOCK_NAME, DirectoryBusy, RunLock, launch_rank, leftovers_line,
+                       remove_leftovers)
+from ..checkpoint import (FORMAT, load_checkpoint, model_from_checkpoint, rng_state, save_checked,
                           set_rng_state)
 from ..data import load_run_dataset, random_crop_flip
 from ..eval.accuracy import clean_and_pgd_correct
@@ -158,7 +160,7 @@ def save_checkpoint(path, ctx, cfg, args, raw, optimizer, sched, progress, metho
     if ctx.is_main:
         state = {k: v for k, v in progress.__dict__.items()
                  if k not in ("loss_sum", "part_sums", "correct", "seen", "images", "seconds")}
-        save_atomic({
+        save_checked({
             "format": FORMAT, "config": cfg.to_dict(), "model_args": args,
             "model": _plain_state_dict(raw), "optimizer": optimizer.state_dict(),
             "scheduler": sched.state_dict(), "scaler": None,  # bf16 needs no loss scaling
@@ -193,18 +195,55 @@ def train(cfg: TrainConfig) -> dict:
     """Runs (or resumes) the training described by ``cfg`` (checked first: a bad value raises
     TrainConfigError naming its flag, before anything is written); returns the final summary."""
     check(cfg)
-    check_out_dir(cfg.out, cfg.resume)
-    ctx = distributed.setup(cfg.device)
+    # One run per --out: rank 0 holds the lock for the run's lifetime (the kernel drops it
+    # when the process dies). An existing --out is locked before anything is decided on it.
+    lock = (RunLock(os.path.join(cfg.out, LOCK_NAME), f"--out {cfg.out}")
+            if launch_rank() == 0 else None)
     try:
-        summary = _train(cfg, ctx)
-    except BaseException:
-        distributed.teardown(ctx, clean=False)
-        raise
-    distributed.teardown(ctx, clean=True)
-    return summary
+        if lock is not None and os.path.isdir(cfg.out):
+            _lock(lock)
+        check_out_dir(cfg.out, cfg.resume)
+        ctx = distributed.setup(cfg.device)
+        try:
+            summary = _train(cfg, ctx, lock)
+        except BaseException:
+            distributed.teardown(ctx, clean=False)
+            raise
+        distributed.teardown(ctx, clean=True)
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
+def _lock(lock: RunLock) -> None:
+    try:
+        lock.acquire()
+    except DirectoryBusy as exc:
+        raise TrainConfigError(str(exc)) from None
+
+
+def _claim_out_dir(cfg: TrainConfig, ctx: distributed.Context, lock: RunLock | None) -> None:
+    """Rank 0 creates --out, takes its lock (a run that started in the same instant may have
+    it), checks --out again under the lock and removes what killed writes left; every rank
+    fails with rank 0's error, so none waits for a rank that stopped."""
+    error = None
+    if ctx.is_main:
+        try:
+            os.makedirs(cfg.out, exist_ok=True)
+            _lock(lock)
+            check_out_dir(cfg.out, cfg.resume)
+            count, size = remove_leftovers(cfg.out)
+            if count:
+                print(leftovers_line(count, size, cfg.out))
+        except TrainConfigError as exc:
+            error = str(exc)
+    error = distributed.all_gather(ctx, error)[0]
+    if error is not None:
+        raise TrainConfigError(error)
+
+
+def _train(cfg: TrainConfig, ctx: distributed.Context, lock: RunLock | None = None) -> dict:
     device = ctx.device
     if cfg.cuda_graph and device.type != "cuda":
         raise TrainConfigError(f"--cuda-graph needs a CUDA device, got {device}")
@@ -246,6 +285,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context) -> dict:
     method = make_method(cfg, model, attack_model, device)
 
     # ---- resume, or start the run directory
+    _claim_out_dir(cfg, ctx, lock)
     progress = Progress()
     last, best = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
     pending = best + ".pending"
@@ -540,7 +580,11 @@ def _write_history(out: str, history: list) -> None:
 
 
 def _append_history(out: str, record: dict) -> None:
-    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    path = os.path.join(out, "metrics.jsonl")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:  # a partial line is dropped on resume (rewritten from last.pt)
+        raise WriteError(exc.errno, exc.strerror or str(exc), path) from exc
