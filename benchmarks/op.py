@@ -12,17 +12,20 @@ times bimodal (page faults when malloc returns fresh memory).
 one C++ loop on the CPU, one Triton kernel on a GPU); its compile time is given apart from
 its steady-state time. The call-overhead table times one call on a 2x3x4x4 tensor (the host
 cost a ~5 µs GPU step cannot hide): ``torch.add``, the registered op called directly, and
-the public ``fastadv.pgd_`` with float and with (the same, reused) tensor ε/α.
+the public ``fastadv.pgd_`` with float ε/α (its C++ fast path on the CPU), the same call by
+the Python path, with (the same, reused) tensor ε/α, and the fast path's C++ function alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 import timeit
 from dataclasses import dataclass
 from typing import Optional
+from unittest import mock
 
 import torch
 
@@ -127,6 +130,17 @@ def run(device: torch.device, shapes, dtype=torch.float32, repeats=20) -> list[R
 OVERHEAD_SHAPE = (2, 3, 4, 4)
 
 
+@contextlib.contextmanager
+def _python_path(on: bool):
+    """pgd_ without its C++ fast path (as before it, or where it declines a call)."""
+    if not on:
+        yield
+        return
+    with mock.patch.object(fastadv.ops, "_fast_step", None), \
+            mock.patch.object(fastadv.ops, "_find_fast_step", lambda: None):
+        yield
+
+
 def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -> list[Row]:
     """Host time of one call on a tiny tensor, min over `repeats` runs of `number` calls (the
     machine is noisy; the min is the cost, the rest is interference). Without a device sync:
@@ -137,19 +151,30 @@ def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -
     eps_t = torch.full((batch,), EPS, device=device)
     alpha_t = torch.full((batch,), ALPHA, device=device)
     args = fastadv.ops._step_args(x_adv, grad, x_nat, EPS, ALPHA, 0.0, 1.0, "linf")
+
+    def float_eps():
+        fastadv.pgd_(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA)
+
     calls = {
         "call: torch.add": lambda: torch.add(x_adv, grad),
         "call: torch.add(out=)": lambda: torch.add(x_adv, grad, out=out),
         "call: torch.ops.fastadv.pgd_": lambda: torch.ops.fastadv.pgd_(*args),
-        "call: fastadv.pgd_ (float eps)": lambda: fastadv.pgd_(x_adv, grad, x_nat, eps=EPS,
-                                                               alpha=ALPHA),
+        "call: fastadv.pgd_ (float eps)": float_eps,
+        "call: fastadv.pgd_ (float eps, Python path)": float_eps,
         "call: fastadv.pgd_ (tensor eps)": lambda: fastadv.pgd_(x_adv, grad, x_nat,
                                                                 eps=eps_t, alpha=alpha_t),
     }
+    float_eps()  # makes the backend choice, which loads the C++ fast path where there is one
+    fast = fastadv.ops._fast_step
+    if fast is not None and device.type == "cpu":
+        chosen = backends._chosen
+        calls["call: fastadv._C._linf_step_fast"] = lambda: fast(
+            x_adv, grad, x_nat, EPS, ALPHA, 0.0, 1.0, "linf", chosen)
     times = {}
     for impl, fn in calls.items():
-        fn()
-        samples = [t / number for t in timeit.repeat(fn, number=number, repeat=repeats)]
+        with _python_path(impl.endswith("Python path)")):
+            fn()
+            samples = [t / number for t in timeit.repeat(fn, number=number, repeat=repeats)]
         times[impl] = (min(samples), sorted(samples)[len(samples) // 2])
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -13,8 +13,9 @@ A long GPU run can go in pieces (one model or suite per command) and be merged i
 Suites: ``op`` (pgd_ GB/s against a tensor copy and the eager formula), ``attack`` (PGD-10
 and PGD-50 x 10 evaluation images/s against torchattacks and an eager loop, with the ablation
 and the robust accuracy of each row), ``train`` (PGD-10 AT images/s against a plain eager
-training loop, with the ablation). Each suite's own module runs it alone too
-(``python -m benchmarks.attack ...``).
+training loop, with the ablation), ``loading`` (PGD-10 AT images/s of ``fastadv.fit`` with
+the data streamed through its DataLoader, PNG decode in workers, against the same data in
+memory). Each suite's own module runs it alone too (``python -m benchmarks.attack ...``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from dataclasses import asdict
 
 import torch
 
-from . import attack, op, train
+from . import attack, loading, op, train
 from .common import device_name, environment
 
-SUITES = ("op", "attack", "train")
+SUITES = ("op", "attack", "train", "loading")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -40,18 +41,19 @@ def run_suite(suite: str, device: torch.device, quick: bool, models=None) -> lis
         return (op.run(device, shapes, repeats=5 if quick else 30)
                 + op.call_overhead(device, number=500 if quick else 2000,
                                    repeats=5 if quick else 15))
-    module = {"attack": attack, "train": train}[suite]
+    module = {"attack": attack, "train": train, "loading": loading}[suite]
     name = device_name(device)
     return [row for case in module.cases(device, quick)
             if not models or case["model_name"] in models
             for row in module.run(device, **case, device_name=name)]
 
 
-ROWS = {"op": op.Row, "attack": attack.Row, "train": train.Row}
+ROWS = {"op": op.Row, "attack": attack.Row, "train": train.Row, "loading": loading.Row}
 # What makes a row unique within its suite.
 ROW_KEYS = {"op": ("shape", "dtype", "impl"),
             "attack": ("model", "batch", "steps", "restarts", "impl"),
-            "train": ("model", "images", "batch", "steps", "impl")}
+            "train": ("model", "images", "batch", "steps", "impl"),
+            "loading": ("model", "images", "batch", "steps", "workers", "impl")}
 
 
 def merge(paths: list[str]) -> tuple[dict, dict]:
@@ -94,7 +96,8 @@ def merge(paths: list[str]) -> tuple[dict, dict]:
     return env, results
 
 
-MARKDOWN = {"op": op.markdown, "attack": attack.markdown, "train": train.markdown}
+MARKDOWN = {"op": op.markdown, "attack": attack.markdown, "train": train.markdown,
+            "loading": loading.markdown}
 
 
 def speedups(suite: str, rows: list) -> list[tuple[str, float]]:
@@ -105,6 +108,9 @@ def speedups(suite: str, rows: list) -> list[tuple[str, float]]:
         return [(f"{r.model} PGD-{r.steps}" + (f"x{r.restarts}" if r.restarts > 1 else "")
                  + f" {r.impl}", r.speedup_vs_torchattacks) for r in rows
                 if r.speedup_vs_torchattacks is not None]
+    if suite == "loading":
+        return [(f"{r.model} {r.impl}", r.ratio_vs_in_memory) for r in rows
+                if r.impl != loading.IN_MEMORY]
     return [(f"{r.model} {r.impl}", r.speedup_vs_plain) for r in rows]
 
 
@@ -122,7 +128,8 @@ def chart(results: dict, env: dict, path: str) -> None:
     heights = [max(2.0, 0.28 * len(bars[s]) + 1) for s in suites]
     fig, axes = plt.subplots(len(suites), 1, figsize=(11.5, sum(heights)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    baseline = {"op": "eager formula", "attack": "torchattacks.PGD", "train": "plain eager loop"}
+    baseline = {"op": "eager formula", "attack": "torchattacks.PGD", "train": "plain eager loop",
+                "loading": "the same data in memory"}
     for ax, suite in zip(axes[:, 0], suites):
         labels, values = zip(*bars[suite]) if bars[suite] else ((), ())
         ax.barh(range(len(values)), values, color="tab:blue")

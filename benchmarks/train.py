@@ -37,7 +37,9 @@ from fastadv.eval import clean_and_pgd_correct
 from fastadv.models import build_model
 from fastadv.train import TrainConfig, train
 
-from .attack import eager_pgd
+from .attack import compiled_implementations, eager_pgd
+
+COMPILED_EAGER = "torch.compile(eager loop: model + step)"
 from .common import device_name, peak_tflops, report, selected_cases
 
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -54,20 +56,32 @@ def forward_flops_per_image(model_name: str, shape=(3, 32, 32)) -> float:
 
 
 def plain_loop(model_name, x_cpu, y_cpu, *, mean, std, batch, epochs, steps, device,
-               fused_op=False, input_grad_only=False, seed=0):
+               fused_op=False, input_grad_only=False, compiled=False, seed=0):
     """PGD-AT as common public code writes it: data on the host, augmented there and copied
     to the device per batch; fp32; the attack in train mode with its input gradient from
     loss.backward() (which also computes every weight gradient); the step as eager kernels.
     fused_op: the step as fastadv.pgd_; input_grad_only: the attack as fastadv.pgd (still in
-    train mode), input gradients only. The model normalises with mean/std, the data's channel
-    statistics (as the trainer's does). Returns (model, seconds of each epoch)."""
+    train mode), input gradients only; compiled: the whole loop under torch.compile, the attack
+    (model, input gradient and the eager step, weights frozen) as one compiled function and the
+    weight update's forward through the compiled model (Inductor fuses the step formula
+    itself: the baseline a torch.compile user has). The model normalises with mean/std, the
+    data's channel statistics (as the trainer's does). Returns (model, seconds of each
+    epoch); the first epoch holds the compilation."""
     torch.manual_seed(seed)
     model = build_model(model_name, mean=mean, std=std).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     step_fn = (lambda xa, g, xn: fastadv.pgd_(xa, g, xn, eps=EPS, alpha=ALPHA)) if fused_op \
         else None
 
+    if compiled:
+        compiled_attack = compiled_implementations(model, steps)[COMPILED_EAGER]
+        train_model = torch.compile(model, dynamic=False)
+    else:
+        train_model = model
+
     def attack(x, y):
+        if compiled:
+            return compiled_attack(x, y)
         if input_grad_only:
             return fastadv.pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=steps, eval_mode=False)
         return eager_pgd(model, x, y, steps, step_fn)
@@ -83,7 +97,7 @@ def plain_loop(model_name, x_cpu, y_cpu, *, mean, std, batch, epochs, steps, dev
             x = random_crop_flip(x_cpu[idx]).to(device)
             y = y_cpu[idx].to(device)
             x_adv = attack(x, y)
-            loss = F.cross_entropy(model(x_adv), y)
+            loss = F.cross_entropy(train_model(x_adv), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -163,10 +177,12 @@ class Row:
     mfu_bf16: float | None
     clean_accuracy: float
     robust_accuracy: float
+    compile_s: float | None = None  # torch.compile rows: first epoch minus the fastest
 
 
 def run(device, model_name: str, images: int, batch: int, steps: int, epochs: int,
-        compile_on_cpu: bool = False, device_name: str = "") -> list[Row]:
+        compile_on_cpu: bool = False, device_name: str = "",
+        compile_rows: bool | None = None) -> list[Row]:
     # The trainer's synthetic data (seed 0: train stream 1, test stream 2), so every row
     # trains on the same images (the trainer holds one random image of images + 1 out for
     # validation, the plain loop the last) with the same channel statistics.
@@ -181,17 +197,28 @@ def run(device, model_name: str, images: int, batch: int, steps: int, epochs: in
     plain_levels = {"plain eager loop (fp32, loss.backward, host data)": {},
                     "+ fused op": {"fused_op": True},
                     "+ input-only grads (fastadv.pgd)": {"input_grad_only": True}}
+    if compile_rows is None:  # on a CPU the small CNN only: Inductor takes minutes on larger ones
+        compile_rows = (device.type == "cuda" or compile_on_cpu) or model_name == "small-cnn"
+    if compile_rows and epochs > 1:
+        plain_levels["torch.compile(plain loop: attack + model, host data)"] = {
+            "compiled": True}
+    compile_s = {}
     for name, options in plain_levels.items():
         model, seconds = plain_loop(model_name, x_train, y_train, mean=data.mean, std=data.std,
                                     batch=batch, epochs=epochs, steps=steps, device=device,
                                     **options)
         results[name] = (seconds[timed], robust_accuracy(model, x_test, y_test))
-    for name, options in fastadv_levels(device, compile_on_cpu).items():
+        if options.get("compiled"):
+            compile_s[name] = seconds[0] - min(seconds[timed])
+    levels = fastadv_levels(device, compile_on_cpu or (compile_rows and epochs > 1))
+    for name, options in levels.items():
         metrics, model = run_trainer(model_name, images=images, test_images=len(y_test),
                                      batch=batch, epochs=epochs, steps=steps, device=device,
                                      options=options)
-        results[name] = ([m["seconds"] for m in metrics][timed],
-                         robust_accuracy(model, x_test, y_test))
+        seconds = [m["seconds"] for m in metrics]
+        results[name] = (seconds[timed], robust_accuracy(model, x_test, y_test))
+        if options.get("compile"):
+            compile_s[name] = seconds[0] - min(seconds[timed])
     base = n / min(next(iter(results.values()))[0])
     peak = peak_tflops(device_name)
     rows = []
@@ -200,7 +227,8 @@ def run(device, model_name: str, images: int, batch: int, steps: int, epochs: in
         tflops = ips * useful / 1e12
         rows.append(Row(model_name, images, batch, steps, name, min(seconds),
                         statistics.median(seconds), ips, ips / base, tflops,
-                        None if peak is None else tflops / peak, clean, robust))
+                        None if peak is None else tflops / peak, clean, robust,
+                        compile_s.get(name)))
     return rows
 
 
@@ -209,23 +237,25 @@ def markdown(rows: list[Row], env: dict) -> str:
              f"{env['date'][:10]}", "",
              "| model | images | batch | PGD | impl | epoch s (min) | epoch s (median) "
              "| images/s | vs plain loop "
-             "| TFLOP/s | MFU (bf16 peak) | clean acc | robust acc |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| TFLOP/s | MFU (bf16 peak) | clean acc | robust acc | compile s |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mfu = "—" if r.mfu_bf16 is None else f"{r.mfu_bf16:.1%}"
         lines.append(f"| {r.model} | {r.images} | {r.batch} | {r.steps} | {r.impl} "
                      f"| {r.epoch_seconds:.2f} | {r.epoch_seconds_median:.2f} "
                      f"| {r.images_per_s:.1f} | {r.speedup_vs_plain:.2f}× "
                      f"| {r.tflops:.3f} | {mfu} | {r.clean_accuracy:.1%} "
-                     f"| {r.robust_accuracy:.1%} |")
+                     f"| {r.robust_accuracy:.1%} "
+                     f"| {'' if r.compile_s is None else f'{r.compile_s:.1f}'} |")
     return "\n".join(lines)
 
 
 def cases(device: torch.device, quick: bool) -> list[dict]:
     """One dict of run() arguments per model. The CPU sizes keep a full CPU run to minutes;
     the GPU's are the DESIGN's (a CIFAR-sized epoch, batch 512, PGD-10)."""
-    if quick:
-        return [dict(model_name="small-cnn", images=512, batch=64, steps=5, epochs=2)]
+    if quick:  # no torch.compile rows: compiling takes minutes here (CI runs --quick)
+        return [dict(model_name="small-cnn", images=512, batch=64, steps=5, epochs=2,
+                     compile_rows=False)]
     if device.type == "cuda":
         return [dict(model_name=m, images=50_000, batch=512, steps=10, epochs=2)
                 for m in ("small-cnn", "preact-resnet18", "wrn-34-10")]

@@ -1,8 +1,9 @@
 """fastadv: fast, trustworthy adversarial training and evaluation (Madry et al.).
 
 Attacks: ``pgd``, ``fgsm``, ``fgsm_rs``, ``PGD`` (torchattacks-style), ``GraphedPGD``.
-Training: ``python -m fastadv.train`` (``fastadv.train.train``); ``load_model`` reads its
-checkpoints back. Evaluation: ``python -m fastadv.eval`` and ``evaluate`` (worst case over
+Training: ``python -m fastadv.train`` (``fastadv.train.train``), or ``fit(model, data, ...)``
+for one's own model and data; ``load_model`` reads their checkpoints back (``load_weights``
+into one's own module). Evaluation: ``python -m fastadv.eval`` and ``evaluate`` (worst case over
 PGD, FGSM, AutoAttack and Square, with a gradient-masking sanity report).
 The fused PGD ops (``pgd_``, ``pgd_step``, ``random_init_``, ``keep_best_``) run on Triton,
 CUDA C++ or CPU C++ kernels where available and on a PyTorch reference otherwise;
@@ -14,10 +15,11 @@ from .attacks import PGD, AttackInfo, GraphedPGD, fgsm, fgsm_rs, pgd
 from .checkpoint import load_model
 from .eval import evaluate
 from .ops import keep_best_, pgd_, pgd_step, random_init_
+from .train.fit import FitResult, fit, load_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PGD", "AttackInfo", "GraphedPGD", "backends", "evaluate", "fgsm", "fgsm_rs", "keep_best_",
-    "load_model", "pgd", "pgd_", "pgd_step", "random_init_",
+    "PGD", "AttackInfo", "FitResult", "GraphedPGD", "backends", "evaluate", "fgsm", "fgsm_rs",
+    "fit", "keep_best_", "load_model", "load_weights", "pgd", "pgd_", "pgd_step", "random_init_",
 ]

@@ -112,6 +112,10 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 def model_from_checkpoint(ckpt: dict, device: str | torch.device | None = None) -> nn.Module:
     """The model of a loaded checkpoint, rebuilt from its recorded architecture, in eval
     mode, on ``device`` (default: CPU)."""
+    if ckpt.get("model_args") is None:
+        raise ValueError("this checkpoint holds the weights of a model of the caller's own "
+                         f"({ckpt['config'].get('model', '?')}, trained by fastadv.fit): build "
+                         "the model and fill it with fastadv.load_weights(model, path)")
     model = build_model(**ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     return model.to(device or "cpu").eval()

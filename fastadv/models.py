@@ -150,8 +150,15 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
                 width: int | None = None) -> nn.Module:
     """One of ``MODELS`` for inputs ``[B, in_channels, image_size, image_size]`` in [0, 1],
     normalising with the dataset's per-channel ``mean``/``std`` inside. ``width`` scales the
-    small CNNs (capacity studies); the ResNets have fixed widths."""
+    small CNNs (capacity studies); the ResNets have fixed widths. ``name`` may also be a
+    model spec (torchvision:NAME, timm:NAME, package.module:factory; see
+    fastadv.model_specs), built without pretrained weights: a checkpoint's fill it."""
     mean, std = _per_channel(mean, in_channels), _per_channel(std, in_channels)
+    if ":" in name:
+        from .model_specs import build_from_spec
+
+        return build_from_spec(name, num_classes=num_classes, in_channels=in_channels,
+                               mean=mean, std=std)
     if name == "preact-resnet18":
         return PreActResNet18(num_classes, mean, std, in_channels)
     if name == "wrn-34-10":

@@ -145,19 +145,22 @@ def test_evaluation_uses_fixed_starts_and_leaves_the_training_stream(tmp_path):
     evaluating draws nothing from the default generator (the training stream)."""
     from fastadv.train import distributed
     from fastadv.train.loop import clean_and_robust_accuracy
+    from fastadv.train.sources import TensorEval
     from digits_model import train_digits_cnn
 
     model, x, y = train_digits_cnn(epochs=3)
     cfg = TrainConfig.for_dataset("digits", eval_steps=1)
     ctx = distributed.Context(rank=0, world_size=1, device=torch.device("cpu"))
     before = torch.get_rng_state()
-    runs = [clean_and_robust_accuracy(model, x, y, cfg, ctx, "fp32", 64, "val")
+    examples = TensorEval(x, y)
+    runs = [clean_and_robust_accuracy(model, examples, cfg, ctx, "fp32", 64, "val")
             for _ in range(3)]
     assert torch.equal(torch.get_rng_state(), before)
     assert runs[0] == runs[1] == runs[2]
     assert 0 < runs[0][1] < runs[0][0]  # a real attack: some, not all, examples fall
     other_seed = TrainConfig.for_dataset("digits", eval_steps=1, seed=1)
-    assert clean_and_robust_accuracy(model, x, y, other_seed, ctx, "fp32", 64, "val") != runs[0]
+    assert clean_and_robust_accuracy(model, examples, other_seed, ctx, "fp32", 64,
+                                     "val") != runs[0]
 
 
 # --------------------------------------------------------------------------- validation size

@@ -4,6 +4,7 @@
 #include "../checks.h"
 #include "../op_args.h"
 #include "dispatch.h"
+#include "linf_step.h"
 #include "walk.h"
 
 namespace fastadv::cpu {
@@ -22,18 +23,8 @@ FASTADV_VECTOR_CLONES void linf_run(scalar_t* __restrict__ x, const grad_t* __re
   }
 }
 
-void linf_step_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat,
-                   const std::optional<at::Tensor>& eps, double eps_value,
-                   const std::optional<at::Tensor>& alpha, double alpha_value,
-                   const std::optional<at::Tensor>& lower, double lower_value,
-                   const std::optional<at::Tensor>& upper, double upper_value,
-                   int64_t example_size, int64_t channel_div) {
-  checks::step_args("fastadv::_linf_step_kernel_", x, grad, x_nat, eps, alpha, lower, upper,
-                     example_size, channel_div);
-  if (x.numel() == 0) return;
-  const Layout layout = make_layout(x, example_size, channel_div, lower, upper);
-  const BallParams p{per_index(eps, eps_value), per_index(alpha, alpha_value),
-                     per_index(lower, lower_value), per_index(upper, upper_value)};
+void linf_walk(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat,
+               const Layout& layout, const BallParams& p) {
   FASTADV_DISPATCH_FLOAT(x.scalar_type(), "linf_step_cpu", [&] {
     using x_t = scalar_t;
     FASTADV_DISPATCH_FLOAT(grad.scalar_type(), "linf_step_cpu_grad", [&] {
@@ -47,7 +38,33 @@ void linf_step_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor
   });
 }
 
+void linf_step_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat,
+                   const std::optional<at::Tensor>& eps, double eps_value,
+                   const std::optional<at::Tensor>& alpha, double alpha_value,
+                   const std::optional<at::Tensor>& lower, double lower_value,
+                   const std::optional<at::Tensor>& upper, double upper_value,
+                   int64_t example_size, int64_t channel_div) {
+  checks::step_args("fastadv::_linf_step_kernel_", x, grad, x_nat, eps, alpha, lower, upper,
+                     example_size, channel_div);
+  if (x.numel() == 0) return;
+  const Layout layout = make_layout(x, example_size, channel_div, lower, upper);
+  const BallParams p{per_index(eps, eps_value), per_index(alpha, alpha_value),
+                     per_index(lower, lower_value), per_index(upper, upper_value)};
+  linf_walk(x, grad, x_nat, layout, p);
+}
+
 }  // namespace
+
+void linf_step_uniform(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat,
+                       double eps, double alpha, double lower, double upper) {
+  if (x.numel() == 0) return;
+  // One parameter set for every element: the walk needs no example or channel structure,
+  // so any memory order the three tensors share is walked as one flat run.
+  const Layout layout{x.numel(), x.numel(), 1, 1};
+  const BallParams p{per_index(std::nullopt, eps), per_index(std::nullopt, alpha),
+                     per_index(std::nullopt, lower), per_index(std::nullopt, upper)};
+  linf_walk(x, grad, x_nat, layout, p);
+}
 
 TORCH_LIBRARY_IMPL(fastadv, CPU, m) { m.impl("_linf_step_kernel_", &linf_step_cpu); }
 

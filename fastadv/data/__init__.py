@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import cifar10, digits, fashion_mnist, idx, kmnist, mnist
+from . import cifar10, digits, fashion_mnist, folder, idx, kmnist, mnist
 from ._files import ChecksumError, DataFileError, DatasetNotFoundError, DownloadError
 from .augment import random_crop_flip
 from .synthetic import synthetic
@@ -28,8 +28,10 @@ MNIST_FORMAT = {"mnist": mnist, "fashion-mnist": fashion_mnist, "kmnist": kmnist
 
 
 def is_dataset(name) -> bool:
-    """Whether ``name`` is one of DATASETS or an ``idx:PATH`` set."""
-    return name in DATASETS or (idx.is_idx_name(name) and len(name) > len(idx.PREFIX))
+    """Whether ``name`` is one of DATASETS, an ``idx:PATH`` set or a ``folder:PATH`` of
+    images (streamed: see fastadv.data.folder; load_dataset does not hold it in memory)."""
+    return (name in DATASETS or (idx.is_idx_name(name) and len(name) > len(idx.PREFIX))
+            or folder.is_folder_name(name))
 
 
 # eq=False: the generated __eq__ would compare tensors, whose truth value is ambiguous.
@@ -94,6 +96,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
     synthetic only."""
     if not is_dataset(name):
         raise ValueError(f"name must be one of {', '.join(DATASETS)} or idx:PATH; got {name!r}")
+    if folder.is_folder_name(name):
+        raise ValueError(f"{name}: an image folder is streamed, not loaded whole "
+                         "(fastadv.data.folder.scan_folder and ImageFiles read it)")
     if name != "synthetic" and num_classes != 10:
         raise ValueError(f"num_classes applies to synthetic only ({name} has its own), "
                          f"got {num_classes}")

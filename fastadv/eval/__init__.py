@@ -8,7 +8,7 @@ al.: evaluation with weak attacks gives false security), and an accuracy-vs-ε c
 where it collapses. torchattacks and matplotlib are imported only when used.
 """
 
-from .accuracy import clean_and_pgd_correct
+from ..accuracy import clean_and_pgd_correct
 from .attacks import ATTACKS, AttackSettings, MissingDependency
 from .evaluation import DEFAULT_ATTACKS, evaluate
 from .report import AttackResult, Check, EvalReport

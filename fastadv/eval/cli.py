@@ -16,6 +16,7 @@ from .._io import resolve_device
 from .._rundir import DirectoryBusy, RunLock, leftovers_line, remove_leftovers
 from ..checkpoint import load_checkpoint, load_model
 from ..data import DATASETS, DatasetNotFoundError, DownloadError, is_dataset, load_run_dataset
+from ..data import folder as folder_data
 from ..train.cli import write_failure
 from ..train.config import number
 from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, MissingDependency,
@@ -39,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--checkpoint", required=True, help="a checkpoint written by python -m fastadv.train "
                                           "(RUN/best.pt or RUN/last.pt)")
-    a("--dataset", choices=DATASETS, help="default: the one the checkpoint was trained on")
+    a("--dataset", help=f"{', '.join(DATASETS)}, idx:PATH or folder:PATH (default: the one "
+                        "the checkpoint was trained on; a folder's test split is the one the "
+                        "training run used: test/, else val/, else its held-out part)")
     a("--data-dir", help="where the dataset files are (default: the training run's, else "
                          "$FASTADV_DATA or ~/.cache/fastadv/data)")
     a("--download", action="store_true", help="fetch missing dataset files (needs a network)")
@@ -146,9 +149,12 @@ def prepare(args: argparse.Namespace) -> Plan:
     need(is_dataset(dataset), "--dataset: the checkpoint names no dataset; pass --dataset")
     eps = args.eps if args.eps is not None else cfg.get("eps")
     need(eps is not None, "--eps: the checkpoint records no training eps; pass --eps")
+    need(model_args is not None, f"--checkpoint {args.checkpoint}: it holds the weights of a "
+                                 "model of your own (fastadv.fit); evaluate it in Python with "
+                                 "fastadv.load_weights and fastadv.evaluate")
     # The training run's seed and sizes: they fix the digits train/test split (and the
     # synthetic data), so the test examples are the ones training never saw.
-    data = load_run_dataset({**cfg, "dataset": dataset}, args.data_dir, download=args.download)
+    data = _test_split(cfg, dataset, args)
     want = (model_args.get("in_channels"), model_args.get("image_size"),
             model_args.get("num_classes"))
     have = (data.shape[0], data.shape[1], data.num_classes)
@@ -164,6 +170,42 @@ def prepare(args: argparse.Namespace) -> Plan:
     return Plan(model, data.x_test[:n], data.y_test[:n], float(eps),
                 cfg.get("seed", 0) if args.seed is None else args.seed, dataset,
                 model_args.get("name", "?"), training, attacks)
+
+
+@dataclasses.dataclass
+class _TestSplit:
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def shape(self):
+        return tuple(self.x_test.shape[1:])
+
+
+def _test_split(cfg: dict, dataset: str, args):
+    """The test split the training run reported on: a built-in dataset's, or an image
+    folder's (decoded into memory: --n-examples bounds it)."""
+    if not folder_data.is_folder_name(dataset):
+        return load_run_dataset({**cfg, "dataset": dataset}, args.data_dir,
+                                download=args.download)
+    from ..train.config import TrainConfig, normalize_dataset
+    from ..train.job import folder_sources
+
+    fields = TrainConfig.__dataclass_fields__
+    run = TrainConfig(**{**{k: v for k, v in cfg.items() if k in fields},
+                         "dataset": normalize_dataset(dataset)})
+    sources = folder_sources(run)
+    n = len(sources.test) if args.n_examples is None else min(args.n_examples,
+                                                              len(sources.test))
+    xs, ys, count = [], [], 0
+    for x, y in sources.test.batches(256, 0, 1, torch.device("cpu")):
+        xs.append(x)
+        ys.append(y)
+        count += len(y)
+        if count >= n:
+            break
+    return _TestSplit(torch.cat(xs)[:n], torch.cat(ys)[:n], len(sources.splits.classes))
 
 
 def main(argv=None) -> int:

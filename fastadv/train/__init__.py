@@ -3,6 +3,9 @@ as a Python call::
 
     from fastadv.train import TrainConfig, train
     summary = train(TrainConfig.for_dataset("cifar10", epochs=30, precision="bf16"))
+
+and for one's own model and data, ``fastadv.fit(model, (x, y), eps=8/255, epochs=30)``
+(:mod:`fastadv.train.fit`): the same loop.
 """
 
 from .config import DATASET_DEFAULTS, METHODS, TrainConfig, TrainConfigError

@@ -11,6 +11,7 @@ from .._io import WriteError
 from .._rundir import LOCK_NAME, DirectoryBusy, RunLock, checkpoint_state, launch_rank
 from ..checkpoint import load_checkpoint
 from ..data import DataFileError, DatasetNotFoundError, DownloadError
+from ..data.folder import FolderError
 from .config import (RESUMABLE, TrainConfig, TrainConfigError, check, explicit_flags,
                      killed_before_first_checkpoint, parser, resolve)
 from .loop import train
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     debug = cli_parser().parse_known_args(argv)[0].debug
     try:
         summary = train(cfg)
-    except (TrainConfigError, DataFileError, DatasetNotFoundError, DownloadError) as exc:
+    except (TrainConfigError, DataFileError, DatasetNotFoundError, DownloadError,
+            FolderError) as exc:
         # Bad input only: any other error is a bug, and keeps its traceback.
         print(f"python -m fastadv.train: error: {exc}", file=sys.stderr)
         return 2

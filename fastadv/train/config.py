@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..data import DATASETS, MNIST_FORMAT, is_dataset
+from ..data.folder import AUGMENTS, PREFIX as FOLDER_PREFIX, is_folder_name
 from ..data.idx import PREFIX as IDX_PREFIX
 from ..data.idx import is_idx_name
+from ..model_specs import ModelSpecError, check_spec_syntax
 from ..models import MODELS
 from .stall import STALL_EPOCHS
 
@@ -20,7 +22,10 @@ METHODS = ("pgd", "fgsm", "fgsm-rs", "free", "trades", "standard")
 SCHEDULES = ("piecewise", "cyclic", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
-SCALABLE = ("madry-cnn", "small-cnn")  # the models --width applies to
+SCALABLE = ("madry-cnn", "small-cnn")
+# fastadv.fit's runs: the data is the caller's ("fit:tensors", "fit:Dataset", ...), and so
+# may be the model ("<ClassName>": rebuilt from weights only, by the caller).
+FIT_PREFIX, USER_MODEL = "fit:", "<"  # the models --width applies to
 ONE_STEP = ("fgsm", "fgsm-rs")  # methods whose attack is a single step
 
 # The papers' settings per dataset (CIFAR-10: Madry et al./Rice et al.; MNIST: Madry et al.;
@@ -45,33 +50,59 @@ DATASET_DEFAULTS = {
     "fashion-mnist": dict(MNIST_SETTINGS, eps=0.1),
     "kmnist": MNIST_SETTINGS,
     IDX_PREFIX + "PATH": MNIST_SETTINGS,
+    # A folder of one's own images: ImageNet-style training of a torchvision ResNet-18 at
+    # 224 px, with the l-inf radius usual at that scale (4/255, e.g. Salman et al. 2020).
+    FOLDER_PREFIX + "PATH": dict(model="torchvision:resnet18", image_size=224, eps=4 / 255,
+                                 alpha=1 / 255, steps=10, epochs=30, batch_size=128,
+                                 optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                                 schedule="piecewise", eval_examples=1000),
 }
+DATASET_NAMES = "digits, mnist, fashion-mnist, kmnist, cifar10, synthetic, idx:PATH, folder:PATH"
 # The default validation split: this fraction of the training set, at most VAL_CAP examples
 # (10 % of digits' 1437 is its 144; MNIST's 60000 give 1000, a 4000-image subset 400).
 VAL_FRACTION, VAL_CAP = 0.1, 1000
 
 
 def dataset_defaults(dataset: str) -> dict:
-    """The DATASET_DEFAULTS entry of ``dataset`` (idx:PATH sets share one)."""
-    return DATASET_DEFAULTS[IDX_PREFIX + "PATH" if is_idx_name(dataset) else dataset]
+    """The DATASET_DEFAULTS entry of ``dataset`` (idx:PATH and folder:PATH sets share one
+    each)."""
+    if is_idx_name(dataset):
+        return DATASET_DEFAULTS[IDX_PREFIX + "PATH"]
+    if is_folder_name(dataset):
+        return DATASET_DEFAULTS[FOLDER_PREFIX + "PATH"]
+    return DATASET_DEFAULTS[dataset]
 
 
 def normalize_dataset(dataset: str) -> str:
-    """idx:PATH with PATH made absolute (the run's config names the folder wherever it is
-    read from); other names unchanged."""
-    if is_idx_name(dataset) and len(dataset) > len(IDX_PREFIX):
-        path = os.path.expanduser(dataset[len(IDX_PREFIX):])
-        return IDX_PREFIX + os.path.abspath(path)
+    """idx:PATH and folder:PATH with PATH made absolute (the run's config names the folder
+    wherever it is read from); other names unchanged."""
+    for prefix in (IDX_PREFIX, FOLDER_PREFIX):
+        if dataset.startswith(prefix) and len(dataset) > len(prefix):
+            return prefix + os.path.abspath(os.path.expanduser(dataset[len(prefix):]))
     return dataset
 
 
 def dataset_arg(text: str) -> str:
-    """--dataset: one of DATASETS, or idx:PATH (a folder of MNIST-format files)."""
+    """--dataset: one of DATASETS, idx:PATH (a folder of MNIST-format files) or folder:PATH
+    (a folder of images, one subfolder per class)."""
     if not is_dataset(text):
         raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose from {', '.join(DATASETS)}, or idx:PATH for a "
-            "folder of MNIST-format IDX files)")
+            f"invalid choice: {text!r} (choose from {', '.join(DATASETS)}, idx:PATH for a "
+            "folder of MNIST-format IDX files, or folder:PATH for a folder of images)")
     return normalize_dataset(text)
+
+
+def model_arg(text: str) -> str:
+    """--model: one of MODELS, torchvision:NAME, timm:NAME or package.module:factory."""
+    if text in MODELS:
+        return text
+    try:
+        check_spec_syntax(text)
+    except ModelSpecError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc} (choose from {', '.join(MODELS)}, torchvision:NAME, timm:NAME or "
+            "package.module:factory)") from None
+    return text
 
 
 def validation_size(cfg: "TrainConfig", n_train: int) -> int:
@@ -89,8 +120,9 @@ class TrainConfigError(ValueError):
 
 # Changing these between a run and its resume does not change what is computed.
 # (--strict only decides whether a stalled run stops; --no-verify whether the md5 is checked.)
+# (--workers only decides how many processes decode: every item is made under its own seed.)
 RESUMABLE = ("out", "resume", "device", "data_dir", "download", "progress", "compile",
-             "save_every", "strict", "verify")
+             "save_every", "strict", "verify", "workers")
 
 
 @dataclass(frozen=True)
@@ -135,6 +167,9 @@ class TrainConfig:
     synthetic_train: int = 50_000
     synthetic_test: int = 10_000
     image_size: int = 32
+    augment: str | None = None  # folder:PATH: AUGMENTS; None: by image size
+    workers: int = 0  # folder:PATH and streamed data: DataLoader worker processes
+    pretrained: bool = False
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -148,8 +183,8 @@ class TrainConfig:
         (ValueError naming the flag). The constructor, by contrast, takes every field as
         given."""
         if not is_dataset(dataset):
-            raise TrainConfigError(f"--dataset must be one of {', '.join(DATASETS)} or "
-                                   f"idx:PATH, got {dataset!r}")
+            raise TrainConfigError(f"--dataset must be one of {DATASET_NAMES}, got "
+                                   f"{dataset!r}")
         args = parser().parse_args(["--dataset", dataset])
         unknown = sorted(set(flags) - set(vars(args)))
         if unknown:
@@ -184,15 +219,27 @@ def parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--dataset", type=dataset_arg, default="digits",
       help="digits (scikit-learn, offline), mnist, fashion-mnist, kmnist, cifar10, synthetic "
-           "class-conditional images, or idx:PATH: a folder of your own MNIST-format files "
+           "class-conditional images; idx:PATH: a folder of your own MNIST-format files "
            "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-           "t10k-labels-idx1-ubyte, each .gz or not; structural checks, no md5)")
+           "t10k-labels-idx1-ubyte, each .gz or not; structural checks, no md5); or "
+           "folder:PATH: your own images as PATH/train/<class>/*.png|jpg|..., with PATH/val "
+           "and/or PATH/test alike if you have them (else held out of train/), decoded in "
+           "--workers processes (needs torchvision)")
     a("--data-dir", help="where the dataset files are (default: $FASTADV_DATA or ~/.cache/fastadv/data)")
     a("--download", action="store_true", help="fetch missing dataset files (needs a network)")
     a("--no-verify", dest="verify", action="store_false",
       help="mnist, fashion-mnist, kmnist: skip the md5 check of the .gz files (MNIST-format "
            "data that is not the official set); the structure is still checked")
-    a("--model", choices=MODELS, help="architecture (inputs in [0,1], normalised inside)")
+    a("--model", type=model_arg,
+      help=f"architecture, inputs in [0,1], normalised inside: {', '.join(MODELS)}; "
+           "torchvision:NAME (e.g. torchvision:resnet18; num_classes from the data); "
+           "timm:NAME (if timm is installed); or package.module:factory, your own function "
+           "called as factory(num_classes=N) and returning an nn.Module (the current "
+           "directory is importable)")
+    a("--pretrained", action="store_true",
+      help="torchvision:/timm: models: start from their ImageNet weights, which must be on "
+           "disk already (torch hub / Hugging Face cache); the classifier is replaced when the "
+           "data has other classes")
     a("--width", type=int, help="width multiplier of madry-cnn/small-cnn (capacity)")
     a("--method", choices=METHODS, default="pgd",
       help="pgd: Madry PGD-AT; fgsm: one step of eps from x (Goodfellow et al.); fgsm-rs: "
@@ -252,7 +299,16 @@ def parser() -> argparse.ArgumentParser:
     a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks under torchrun")
     a("--synthetic-train", type=int, default=50_000, help="synthetic: training images")
     a("--synthetic-test", type=int, default=10_000, help="synthetic: test images")
-    a("--image-size", type=int, default=32, help="synthetic: image side")
+    a("--image-size", type=int,
+      help="synthetic: image side (default 32); folder:PATH: images are resized and cropped "
+           "to this side (default 224)")
+    a("--augment", choices=AUGMENTS,
+      help="folder:PATH training augmentation: rrc (random-resized-crop and flip; default for "
+           "images of 64 px and more), pad-crop (padded random crop and flip, CIFAR-style; "
+           "default below 64 px) or none")
+    a("--workers", type=int,
+      help="folder:PATH: DataLoader processes decoding images (default: min(8, CPU count)); "
+           "results do not depend on it")
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -288,6 +344,9 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         elif args.eps is not None:  # keep the dataset's alpha/eps ratio
             values["alpha"] = d["alpha"] * args.eps / d["eps"]
     values.setdefault("eval_steps", values["steps"])
+    values.setdefault("image_size", 32)
+    if values.get("workers") is None:
+        values["workers"] = min(8, os.cpu_count() or 1) if is_folder_name(args.dataset) else 0
     if values["method"] in ONE_STEP:  # one step by definition; validation still uses PGD
         if args.steps not in (None, 1):
             raise TrainConfigError(f"--steps does not apply to --method {values['method']} "
@@ -304,10 +363,25 @@ def check(cfg: TrainConfig) -> None:
         if not ok:
             raise TrainConfigError(message)
 
-    need(is_dataset(cfg.dataset), f"--dataset must be one of {', '.join(DATASETS)} or "
-                                  f"idx:PATH, got {cfg.dataset!r}")
+    need(is_dataset(cfg.dataset) or cfg.dataset.startswith(FIT_PREFIX),
+         f"--dataset must be one of {DATASET_NAMES}, got {cfg.dataset!r}")
+    if cfg.model not in MODELS and not cfg.model.startswith(USER_MODEL):
+        try:
+            check_spec_syntax(cfg.model)
+        except ModelSpecError as exc:
+            raise TrainConfigError(f"--model must be one of {', '.join(MODELS)}, "
+                                   f"torchvision:NAME, timm:NAME or package.module:factory: "
+                                   f"{exc}") from None
+    need(not cfg.pretrained or cfg.model.split(":")[0] in ("torchvision", "timm"),
+         f"--pretrained applies to torchvision: and timm: models, not {cfg.model}")
+    folder = is_folder_name(cfg.dataset)
+    need(cfg.augment is None or folder,
+         f"--augment applies to folder:PATH datasets, not {cfg.dataset}")
+    need(cfg.augment is None or cfg.augment in AUGMENTS,
+         f"--augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
+    need(cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
+    need(not folder or cfg.image_size >= 8, f"--image-size must be >= 8, got {cfg.image_size}")
     for flag, value, allowed in (("--method", cfg.method, METHODS),
-                                 ("--model", cfg.model, MODELS),
                                  ("--optimizer", cfg.optimizer, OPTIMIZERS),
                                  ("--schedule", cfg.schedule, SCHEDULES),
                                  ("--precision", cfg.precision, PRECISIONS),
