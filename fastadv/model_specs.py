@@ -178,7 +178,24 @@ def _torchvision(spec, name, num_classes, in_channels, pretrained) -> nn.Module:
     trained_classes = len(weights.meta.get("categories") or ()) or None
     if trained_classes is not None and trained_classes != num_classes:
         _replace_head(net, spec, trained_classes, num_classes)
+    _check_rebuildable(net, torchvision.models.get_model(name, weights=None,
+                                                         num_classes=num_classes), spec)
     return net
+
+
+def _check_rebuildable(pretrained: nn.Module, plain: nn.Module, spec: str) -> None:
+    """A checkpoint rebuilds the model without its weights' build arguments: some weights
+    build another network (googlenet/inception: auxiliary heads, an input transform), which
+    the rebuilt one would not be. Refused now rather than after the training."""
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    if (shapes(pretrained) != shapes(plain)
+            or getattr(pretrained, "transform_input", None)
+            != getattr(plain, "transform_input", None)):
+        raise ModelSpecError(
+            f"--model {spec} --pretrained: these weights build a different network from the "
+            "plain architecture (auxiliary heads or an input transform), which checkpoints "
+            "could not rebuild; write a factory (package.module:factory) that loads the "
+            "weights and returns the network you want to train")
 
 
 def _replace_head(net: nn.Module, spec: str, old: int, new: int) -> None:

@@ -174,3 +174,30 @@ def test_optimizer_factory_and_bad_values(tmp_path):
     with pytest.raises(TrainConfigError, match="optimizer must be"):
         fastadv.fit(small_net(), (x, y), out=str(tmp_path / "bad"),
                     **{**COMMON, "optimizer": "rmsprop"})
+
+
+def test_any_seed_streams_and_changed_settings_are_refused_on_resume(tmp_path):
+    """Seeds beyond 32 bits work on the streamed path (item seeds wrap in 64 bits); a
+    resume with other augmentation or normalisation is refused (it would train on other
+    inputs, or load the saved statistics over the new ones)."""
+    x, y, _, _ = digits_tensors(200)
+    out = str(tmp_path / "run")
+    kwargs = dict(COMMON, epochs=1, seed=31337, mean=(0.3,), std=(0.4,))
+    fastadv.fit(small_net(), TensorDataset(x, y), out=out, **kwargs)
+    for change in ({"augment": True}, {"std": (0.5,)}):
+        with pytest.raises(TrainConfigError, match="other data or settings"):
+            fastadv.fit(small_net(), TensorDataset(x, y), out=out, resume=True,
+                        **{**kwargs, **change})
+    fastadv.fit(small_net(), TensorDataset(x, y), out=out, resume=True, **kwargs)
+
+
+def test_eval_cli_says_how_to_evaluate_a_fit_checkpoint(tmp_path, capsys):
+    from fastadv.eval.cli import main as eval_main
+
+    x, y, _, _ = digits_tensors(100)
+    out = str(tmp_path / "run")
+    fastadv.fit(small_net(), (x, y), out=out, **dict(COMMON, epochs=1))
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(["--checkpoint", os.path.join(out, "best.pt")])
+    assert exit_info.value.code == 2
+    assert "fastadv.load_weights" in capsys.readouterr().err

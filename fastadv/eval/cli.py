@@ -145,16 +145,16 @@ def prepare(args: argparse.Namespace) -> Plan:
     except (FileNotFoundError, ValueError) as exc:
         raise ValueError(f"--checkpoint: {exc}") from None
     cfg, model_args = ckpt.get("config", {}), ckpt.get("model_args", {})
+    need(model_args is not None, f"--checkpoint {args.checkpoint}: it holds the weights of a "
+                                 "model of your own (fastadv.fit); evaluate it in Python with "
+                                 "fastadv.load_weights and fastadv.evaluate")
     dataset = args.dataset or cfg.get("dataset")
     need(is_dataset(dataset), "--dataset: the checkpoint names no dataset; pass --dataset")
     eps = args.eps if args.eps is not None else cfg.get("eps")
     need(eps is not None, "--eps: the checkpoint records no training eps; pass --eps")
-    need(model_args is not None, f"--checkpoint {args.checkpoint}: it holds the weights of a "
-                                 "model of your own (fastadv.fit); evaluate it in Python with "
-                                 "fastadv.load_weights and fastadv.evaluate")
     # The training run's seed and sizes: they fix the digits train/test split (and the
     # synthetic data), so the test examples are the ones training never saw.
-    data = _test_split(cfg, dataset, args)
+    data = _test_split(cfg, dataset, args, ckpt.get("data_fingerprint"))
     want = (model_args.get("in_channels"), model_args.get("image_size"),
             model_args.get("num_classes"))
     have = (data.shape[0], data.shape[1], data.num_classes)
@@ -183,7 +183,7 @@ class _TestSplit:
         return tuple(self.x_test.shape[1:])
 
 
-def _test_split(cfg: dict, dataset: str, args):
+def _test_split(cfg: dict, dataset: str, args, fingerprint: str | None = None):
     """The test split the training run reported on: a built-in dataset's, or an image
     folder's (decoded into memory: --n-examples bounds it)."""
     if not folder_data.is_folder_name(dataset):
@@ -196,6 +196,11 @@ def _test_split(cfg: dict, dataset: str, args):
     run = TrainConfig(**{**{k: v for k, v in cfg.items() if k in fields},
                          "dataset": normalize_dataset(dataset)})
     sources = folder_sources(run)
+    same_folder = normalize_dataset(dataset) == cfg.get("dataset")
+    if same_folder and fingerprint is not None and fingerprint != sources.splits.fingerprint:
+        raise ValueError(f"--dataset {dataset}: its files changed since the checkpoint was "
+                         "trained (added, removed or renamed), so its held-out split is not the "
+                         "one the training left out; restore the folder")
     n = len(sources.test) if args.n_examples is None else min(args.n_examples,
                                                               len(sources.test))
     xs, ys, count = [], [], 0

@@ -18,6 +18,7 @@ class Context:
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # the group was started here (a caller's is left to the caller)
 
     @property
     def is_main(self) -> bool:
@@ -42,16 +43,18 @@ def setup(device: str | None) -> Context:
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), dev)
+    return Context(dist.get_rank(), dist.get_world_size(), dev, owns_group)
 
 
 def teardown(ctx: Context, *, clean: bool) -> None:
     if ctx.distributed and dist.is_initialized():
         if clean:  # no rank may close its connections while another still talks over them
             dist.barrier()
-        dist.destroy_process_group()
+        if ctx.owns_group:  # fastadv.fit under a caller's own group: theirs to close
+            dist.destroy_process_group()
 
 
 def all_sum(ctx: Context, values: list[float]) -> list[float]:

@@ -169,7 +169,11 @@ def _batch_size(data, given: int) -> int:
 
 
 def _fits_on(device: torch.device, tensors) -> bool:
-    if device.type != "cuda":
+    """Whether tensors can live on ``device``: already there, or taking at most DEVICE_SHARE
+    of its free memory (tensors on another GPU are not streamed: workers cannot read them)."""
+    if device.type != "cuda" or all(t.device == device for t in tensors):
+        return True
+    if any(t.device.type != "cpu" for t in tensors):
         return True
     free, _ = torch.cuda.mem_get_info(device)
     return sum(t.numel() * t.element_size() for t in tensors) <= DEVICE_SHARE * free
@@ -211,10 +215,21 @@ def _job(cfg: TrainConfig, ctx: distributed.Context, model, train_data, val_data
     model = model.to(device)
     describe = (f"{'streamed' if train.streamed else 'in memory'}, "
                 f"{len(train) + (len(val) if val_data is None else 0)} training examples")
-    fingerprint = f"{kind}:{len(train)}:{len(val)}:{0 if test is None else len(test)}"
+    # What a resume must find the same (the batches, and what the weights were trained on).
+    fingerprint = (f"{kind}, {len(train)} training, {len(val)} validation, "
+                   f"{0 if test is None else len(test)} test examples, augment={augment}, "
+                   f"normalisation {_normalisation(model)}")
     return Job(cfg, model, None, num_classes, train=train, train_eval=train_eval, val=val,
                test=test, describe=describe, fingerprint=fingerprint, optimizer=optimizer,
                val_held_out=val_data is None)
+
+
+def _normalisation(model: nn.Module) -> str:
+    normalize = getattr(model, "normalize", None)
+    if normalize is None or not hasattr(normalize, "mean"):
+        return "none"
+    return (f"mean {[round(v, 6) for v in normalize.mean.flatten().tolist()]}, "
+            f"std {[round(v, 6) for v in normalize.std.flatten().tolist()]}")
 
 
 def _length(kind: str, data) -> int:
@@ -274,7 +289,7 @@ def _loader_batches(loader: DataLoader, seed: int):
         epoch_seed = seed * 1_000_003 + epoch
         generator = getattr(loader.sampler, "generator", None)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(epoch_seed)
+            torch.default_generator.manual_seed(epoch_seed)  # not the CUDA ones: training's
             if generator is not None:
                 generator.manual_seed(epoch_seed)
             drawn = [list(b) for b in loader.batch_sampler]
@@ -316,9 +331,10 @@ def _num_classes(model: nn.Module, train, device) -> int:
                                f"the training labels reach {top}; build it with "
                                f"num_classes={top + 1}")
     try:
-        check_model_output(model, in_channels=x0.shape[0], image_size=x0.shape[-1],
-                           num_classes=num_classes, what="fit(model=...)") \
-            if x0.shape[-1] == x0.shape[-2] else None
+        if x0.shape[-1] == x0.shape[-2]:
+            check_model_output(model, in_channels=x0.shape[0], image_size=x0.shape[-1],
+                               num_classes=num_classes, what="fit(model=...)",
+                               device=next(model.parameters(), x0).device)
     except ModelSpecError as exc:
         raise TrainConfigError(str(exc)) from None
     return num_classes

@@ -32,7 +32,8 @@ from ..checkpoint import (FORMAT, load_checkpoint, model_from_checkpoint, rng_st
                           set_rng_state)
 from ..accuracy import correct_over_batches
 from . import distributed
-from .config import (RESUMABLE, VAL_CAP, VAL_FRACTION, TrainConfig, TrainConfigError, check,
+from .config import (FIT_PREFIX, RESUMABLE, VAL_CAP, VAL_FRACTION, TrainConfig,
+                     TrainConfigError, check,
                      check_out_dir, killed_before_first_checkpoint)
 from .job import Job, job_from_config
 from .methods import make_method
@@ -338,6 +339,12 @@ def check_resumable(saved: dict, cfg: TrainConfig) -> None:
 
 
 def check_same_data(saved: str | None, now: str | None, cfg: TrainConfig) -> None:
+    if saved is None or now is None or saved == now:
+        return
+    if cfg.dataset.startswith(FIT_PREFIX):
+        raise TrainConfigError(f"resume: the run in {cfg.out} was trained on other data or "
+                               f"settings (then: {saved}; now: {now}); resume with the same, "
+                               "or start a new out")
     if saved is not None and now is not None and saved != now:
         raise TrainConfigError(f"--resume: the data of --dataset {cfg.dataset} changed since "
                                f"the run in {cfg.out} started (files added, removed or "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -33,7 +34,8 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> Tensor:
 def item_seeds(seed: int, epoch: int, positions: Tensor) -> Tensor:
     """One 63-bit seed per item position of an epoch (a splitmix-style hash: nearby positions
     get unrelated streams)."""
-    z = positions.to(torch.int64) + (seed * 1_000_003 + epoch) * 0x1_0000_0001
+    base = _wrap(((seed * 1_000_003 + epoch) * 0x1_0000_0001) & (2**64 - 1))  # any seed
+    z = positions.to(torch.int64) + base
     for shift, mult in ((30, 0x3F58476D1CE4E5B9), (27, 0x14C85DDE2C5A2C27)):
         z = (z ^ (z >> shift)) * _wrap(mult)
     return (z ^ (z >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
@@ -57,17 +59,24 @@ class SeededItems(Dataset):
     def __getitem__(self, key):
         index, seed = key
         if get_worker_info() is not None:  # a worker's generators are its own
-            torch.manual_seed(seed)
-            random.seed(seed)
+            _seed_host(seed)
             return self.dataset[index]
-        state, py_state = torch.get_rng_state(), random.getstate()
+        state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
         try:
-            torch.manual_seed(seed)
-            random.seed(seed)
+            _seed_host(seed)
             return self.dataset[index]
         finally:
             torch.set_rng_state(state)
             random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _seed_host(seed: int) -> None:
+    """The host generators a transform may draw from: torch's CPU one (torch.manual_seed
+    would reseed the CUDA generators too, the training's), Python's and NumPy's."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def to_device(batch, device: torch.device):
