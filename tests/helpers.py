@@ -2,6 +2,7 @@
 first mismatching element."""
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -62,3 +63,15 @@ def interpreted(device: torch.device, backend: str) -> bool:
 def step_ulps(device, backend, dtype) -> int:
     """The kernels match the reference exactly, except bf16 stores under the interpreter."""
     return 1 if interpreted(device, backend) and dtype == torch.bfloat16 else 0
+
+
+class OpsSeen(TorchDispatchMode):
+    """Records the name of every op that reaches the dispatcher while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))

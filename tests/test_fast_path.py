@@ -9,11 +9,10 @@ import math
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
 from fastadv import backends, ops, reference
-from helpers import DTYPES, attack_state, to_layout
+from helpers import DTYPES, OpsSeen, attack_state, to_layout
 
 pytestmark = pytest.mark.skipif(not backends.has_extension(), reason="needs fastadv._C")
 
@@ -237,16 +236,6 @@ def test_wrong_argument_count_is_a_type_error(fast):
 # --------------------------------------------------------------------------- declines
 
 
-class _Seen(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 class _Functions(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
@@ -274,7 +263,7 @@ def _inference_tensors(x_adv, grad, x_nat):
 
 
 DECLINED = {  # (tensors, context, what else differs from the common call)
-    "a TorchDispatchMode": (_plain, _Seen, {}),
+    "a TorchDispatchMode": (_plain, OpsSeen, {}),
     "a TorchFunctionMode": (_plain, _Functions, {}),
     "inference mode": (_plain, torch.inference_mode, {}),
     "inference tensors": (_inference_tensors, torch.enable_grad, {}),
@@ -306,7 +295,7 @@ def test_declines_what_it_does_not_handle(fast, case):
 
 def test_a_mode_still_sees_the_op(fast):
     x_nat, x_adv, grad = attack_state((2, 3, 4, 4))
-    with _Seen() as seen:
+    with OpsSeen() as seen:
         fastadv.pgd_(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA)
     assert "fastadv.pgd_.default" in seen.ops
 

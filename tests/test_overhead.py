@@ -3,10 +3,10 @@ Timing itself is reported by the op benchmark (benchmarks/op.py), not asserted h
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastadv
 from fastadv import _checks, ops, reference
+from helpers import OpsSeen
 
 
 def _state(batch=2):
@@ -84,20 +84,10 @@ def test_fast_tensor_check_keeps_every_check():
         fastadv.pgd_(x_adv[0, 0, 0, 0], grad[0, 0, 0, 0], x_nat[0, 0, 0, 0], eps=0.1, alpha=0.1)
 
 
-class _Seen(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def test_modes_still_see_the_registered_op():
     """The eager path skips the dispatcher round trip only where nothing could observe it."""
     x_nat, x_adv, grad = _state()
-    with _Seen() as seen:
+    with OpsSeen() as seen:
         fastadv.pgd_(x_adv, grad, x_nat, eps=0.1, alpha=0.05)
     assert "fastadv.pgd_.default" in seen.ops
 
