@@ -185,9 +185,19 @@ def verdicts(rows: list[Row]) -> list[str]:
         if r.impl != IN_MEMORY and r.workers > 0:
             lines.append(f"{r.model}, {r.images} images, batch {r.batch}, PGD-{r.steps}, "
                          f"{r.workers} workers: streamed/in-memory = {r.ratio_vs_in_memory:.0%} "
-                         f"(target >= {TARGET:.0%}): "
-                         + ("met" if r.ratio_vs_in_memory >= TARGET else "NOT met"))
+                         f"(target >= {TARGET:.0%}): " + _verdict(r))
     return lines
+
+
+# The target is set for PGD-10 training of PreActResNet-18: a short attack on a small CNN (the
+# quick smoke test) cannot hide decoding on a CPU, and its ratio says nothing of the target.
+TARGET_MODEL, TARGET_STEPS = "preact-resnet18", 10
+
+
+def _verdict(r: Row) -> str:
+    if r.model != TARGET_MODEL or r.steps < TARGET_STEPS:
+        return f"not judged (the target is for {TARGET_MODEL}, PGD-{TARGET_STEPS})"
+    return "met" if r.ratio_vs_in_memory >= TARGET else "NOT met"
 
 
 def markdown(rows: list[Row], env: dict) -> str:
