@@ -14,6 +14,7 @@ step a forward and an input-only backward), from the model's counted forward FLO
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ import fastadv
 from fastadv.data import synthetic
 from fastadv.models import CIFAR10_MEAN, CIFAR10_STD, PreActResNet18, SmallCNN, build_model
 
-from .common import device_name, peak_tflops, report, selected_cases, time_fn
+from .common import Report, device_name, graph_breaks, peak_tflops, selected_cases, time_fn
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -89,16 +90,27 @@ def eager_pgd(model, x, y, steps, step_fn=None):
     return x_adv
 
 
+def input_grad_fn(model, y):
+    """x -> ∇ₓ CE(model(x), y), written so that Dynamo traces it whole on every supported
+    torch (2.11's refuses x.requires_grad_() in a compiled function): torch.func.grad over
+    functional_call, the buffers passed in, since BatchNorm in train mode updates them and a
+    grad transform may not mutate a tensor it captured."""
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+
+    def loss(x_adv, buffers):
+        return F.cross_entropy(torch.func.functional_call(model, (params, buffers), (x_adv,)), y)
+
+    grad = torch.func.grad(loss)
+    return lambda x_adv: grad(x_adv, buffers)
+
+
 def _input_grad_pgd(model, x, y, steps: int, step_fn=None):
-    """The eager loop written so torch.compile can take all of it: the input gradient via
-    torch.autograd.grad (traced with trace_autograd_ops), no host sync, the formula or
-    ``step_fn`` as the step."""
+    """The eager loop written so torch.compile can take all of it (input_grad_fn), no host
+    sync, the formula or ``step_fn`` as the step."""
+    input_grad = input_grad_fn(model, y)
     x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
     for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
-        x_adv = x_adv.detach()
+        grad = input_grad(x_adv)
         if step_fn is not None:
             step_fn(x_adv, grad, x)
         else:
@@ -115,7 +127,8 @@ def compiled_implementations(model, steps: int) -> dict:
     """torch.compile of the whole loop (model, gradient, step): with the eager formula (which
     Inductor fuses itself) and with fastadv's step. The model's weights are frozen inside, as
     in fastadv.pgd, so only input gradients are computed. Their first call compiles: _time_case
-    reports it as compile_s, apart from the steady state."""
+    reports it as compile_s, apart from the steady state, with the graph breaks it counted (a
+    row with any did not compile whole)."""
     frozen = [p for p in model.parameters() if p.requires_grad]
 
     def compiled(step_fn):
@@ -126,8 +139,7 @@ def compiled_implementations(model, steps: int) -> dict:
             for p in frozen:
                 p.requires_grad_(False)
             try:
-                with torch._dynamo.config.patch(trace_autograd_ops=True):
-                    return fn(model, x, y)
+                return fn(model, x, y)
             finally:
                 for p in frozen:
                     p.requires_grad_(True)
@@ -152,14 +164,22 @@ def implementations(model, steps: int, device, compile_rows: bool = False):
             model, x, y, eps=EPS, alpha=ALPHA, steps=steps, precision="bf16", cuda_graph=True)
     if compile_rows:
         impls.update(compiled_implementations(model, steps))
-    try:
-        import torchattacks
-
+    torchattacks = _torchattacks()
+    if torchattacks is not None:
         atk = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=steps, random_start=True)
         impls = {"torchattacks.PGD": lambda x, y: atk(x, y), **impls}
-    except ImportError:
-        pass
     return impls
+
+
+def _torchattacks():
+    """The torchattacks module, or None with a line saying its baseline rows are missing."""
+    try:
+        import torchattacks
+    except ImportError as exc:
+        print(f"torchattacks does not import ({exc}): no torchattacks.PGD rows", file=sys.stderr,
+              flush=True)
+        return None
+    return torchattacks
 
 
 def eval_implementations(model, steps: int, restarts: int, device, max_batch: int):
@@ -168,9 +188,8 @@ def eval_implementations(model, steps: int, restarts: int, device, max_batch: in
     ~170 GB of activations, and on a CPU rows beyond a few hundred fall out of cache."""
     alpha = 2.5 * EPS / steps
     impls = {}
-    try:
-        import torchattacks
-
+    torchattacks = _torchattacks()
+    if torchattacks is not None:
         atk = torchattacks.PGD(model, eps=EPS, alpha=alpha, steps=steps, random_start=True)
 
         def sequential(x, y):
@@ -186,8 +205,6 @@ def eval_implementations(model, steps: int, restarts: int, device, max_batch: in
             return best
 
         impls[f"torchattacks.PGD x {restarts} restarts"] = sequential
-    except ImportError:
-        pass
     common = dict(eps=EPS, alpha=alpha, steps=steps, restarts=restarts, max_batch=max_batch)
     impls["fastadv.pgd, restarts batched"] = lambda x, y: fastadv.pgd(model, x, y, **common)
     impls["+ early stop"] = lambda x, y: fastadv.pgd(model, x, y, early_stop=True, **common)
@@ -213,34 +230,38 @@ class Row:
     robust_accuracy: float
     clean_accuracy: float
     compile_s: float | None = None  # the first call of a torch.compile row, not in min/median
+    graph_breaks: int | None = None  # torch.compile rows: > 0 means not compiled whole
 
 
 def _time_case(model, x, y, impls: dict, device, repeats: int):
-    """{name: (timing, robust accuracy)}; from the first channels_last row on, the model
-    stays channels_last (the fastest settings use it)."""
+    """Yields (name, timing, robust accuracy, compile s, graph breaks) as each attack is
+    measured; from the first channels_last row on, the model stays channels_last (the fastest
+    settings use it)."""
     model.to(memory_format=torch.contiguous_format)
-    out = {}
     for name, attack in impls.items():
         if "channels_last" in name:
             model.to(memory_format=torch.channels_last)
-        compile_s = None
+        compile_s = breaks = None
         if name.startswith("torch.compile"):
+            before = graph_breaks()
             start = time.perf_counter()
             attack(x, y)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             compile_s = time.perf_counter() - start
+            breaks = graph_breaks() - before
         timing = time_fn(lambda: attack(x, y), device, repeats=repeats, warmup=1)
         x_adv = attack(x, y)
         with torch.no_grad():
             robust = (model(x_adv).argmax(1) == y).float().mean().item()
-        out[name] = (timing, robust, compile_s)
-    return out
+        yield name, timing, robust, compile_s, breaks
 
 
 def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_steps: int = 50,
         eval_restarts: int = 10, max_batch: int | None = None,
-        device_name: str = "", compile_rows: bool | None = None) -> list[Row]:
+        device_name: str = "", compile_rows: bool | None = None, on_row=None) -> list[Row]:
+    """The suite's rows for one model; ``on_row(row)`` as each is measured (its ratio against
+    a baseline measured after it is None there, and set in the rows returned)."""
     torch.manual_seed(0)
     x_train, y_train = synthetic_cifar(2048, device, seed=1)
     x, y = synthetic_cifar(batch, device, seed=2)
@@ -259,24 +280,39 @@ def run(device, model_name: str, batch: int, steps: int, repeats: int, eval_step
                       eval_implementations(model, eval_steps, eval_restarts, device,
                                            max_batch or batch), None))
     for k, restarts, impls, eager_name in cases:
-        results = _time_case(model, x, y, impls, device, repeats)
-        ta = next((t for name, (t, *_) in results.items() if name.startswith("torchattacks")),
-                  None)
-        eager = results[eager_name][0] if eager_name else None
-        for name, (t, robust, compile_s) in results.items():
+        results = {}
+
+        def row(name, ta, eager):
+            t, robust, compile_s, breaks = results[name]
             ips = batch / t.min_s
             tflops = ips * flops / 1e12 if restarts == 1 else None
-            rows.append(Row(model_name, batch, k, restarts, name, t.min_s, t.median_s, ips,
-                            None if ta is None else ta.min_s / t.min_s,
-                            None if eager is None else eager.min_s / t.min_s, tflops,
-                            None if tflops is None or peak is None else tflops / peak,
-                            robust, clean, compile_s))
+            return Row(model_name, batch, k, restarts, name, t.min_s, t.median_s, ips,
+                       None if ta is None else ta.min_s / t.min_s,
+                       None if eager is None else eager.min_s / t.min_s, tflops,
+                       None if tflops is None or peak is None else tflops / peak,
+                       robust, clean, compile_s, breaks)
+
+        ta = eager = None
+        for name, *result in _time_case(model, x, y, impls, device, repeats):
+            results[name] = result
+            ta = result[0] if name.startswith("torchattacks") else ta
+            eager = result[0] if name == eager_name else eager
+            if on_row is not None:
+                on_row(row(name, ta, eager))
+        rows += [row(name, ta, eager) for name in results]
     model.to(memory_format=torch.contiguous_format)
     return rows
 
 
 def _ratio(value):
     return "—" if value is None else f"{value:.2f}×"
+
+
+def compile_cell(compile_s: float | None, breaks: int | None) -> str:
+    """The compile-seconds cell, marked when the loop did not compile whole."""
+    if compile_s is None:
+        return ""
+    return f"{compile_s:.1f}" + (f" (**{breaks} graph breaks: not whole**)" if breaks else "")
 
 
 def markdown(rows: list[Row], env: dict) -> str:
@@ -292,7 +328,7 @@ def markdown(rows: list[Row], env: dict) -> str:
         lines.append(f"| {r.model} | {r.batch} | {attack} | {r.impl} | {r.images_per_s:.1f} "
                      f"| {1000 / r.images_per_s:.3g} | {_ratio(r.speedup_vs_torchattacks)} | {_ratio(r.speedup_vs_eager)} "
                      f"| {tflops} | {mfu} | {r.robust_accuracy:.1%} | {r.clean_accuracy:.1%} "
-                     f"| {'' if r.compile_s is None else f'{r.compile_s:.1f}'} |")
+                     f"| {compile_cell(r.compile_s, r.graph_breaks)} |")
     return "\n".join(lines)
 
 
@@ -327,9 +363,10 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    results = Report("attack", device, markdown, args.json)
     rows = [row for case in selected_cases(cases(device, args.quick), args)
-            for row in run(device, **case, device_name=device_name(device))]
-    report("attack", device, rows, markdown, args.json)
+            for row in run(device, **case, device_name=device_name(device), on_row=results.add)]
+    results.finish(rows)
 
 
 if __name__ == "__main__":

@@ -94,12 +94,48 @@ def selected_cases(cases: list[dict], args) -> list[dict]:
     return chosen
 
 
+class Report:
+    """A suite's results as they come: each row printed and the JSON rewritten as soon as it
+    is measured (``"finished": false``), so a run cut short keeps what it measured; the whole
+    table at the end."""
+
+    def __init__(self, suite: str, device: torch.device, markdown, json_path: str | None):
+        self.suite, self.markdown, self.json_path = suite, markdown, json_path
+        self.env = environment(device, f"benchmarks.{suite}")
+        self.rows: list = []
+
+    def add(self, row) -> None:
+        self.rows.append(row)
+        # Not a table line (gpu_session collects those): the row as the table will show it.
+        print("measured " + self.markdown([row], self.env).splitlines()[-1], flush=True)
+        self._write(finished=False)
+
+    def finish(self, rows: list | None = None) -> None:
+        """The table and the final JSON; ``rows`` replaces the rows added (ratios against
+        baselines measured after a row are known only now)."""
+        if rows is not None:
+            self.rows = list(rows)
+        print(self.markdown(self.rows, self.env))
+        self._write(finished=True)
+        if self.json_path:
+            print(f"wrote {self.json_path}")
+
+    def _write(self, finished: bool) -> None:
+        if not self.json_path:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.json_path)), exist_ok=True)
+        tmp = f"{self.json_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"suite": self.suite, **self.env, "finished": finished,
+                       "rows": [asdict(r) for r in self.rows]}, f, indent=1)
+        os.replace(tmp, self.json_path)  # a kill mid-write leaves the previous rows
+
+
 def report(suite: str, device: torch.device, rows: list, markdown, json_path: str | None) -> None:
     """Print the suite's table (with device, versions and date) and write its JSON."""
-    env = environment(device, f"benchmarks.{suite}")
-    print(markdown(rows, env))
-    if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump({"suite": suite, **env, "rows": [asdict(r) for r in rows]}, f, indent=1)
-        print(f"wrote {json_path}")
+    Report(suite, device, markdown, json_path).finish(rows)
+
+
+def graph_breaks() -> int:
+    """Graph breaks torch.compile has counted in this process so far."""
+    return sum(torch._dynamo.utils.counters["graph_break"].values())

@@ -1,29 +1,40 @@
-"""One command for a lent GPU: everything a GPU can tell us about fastadv, in ≤ 10 minutes.
+"""One command for a lent GPU: everything a GPU can tell us about fastadv, inside one 10-minute
+command on an air-gapped node.
 
-    python -m benchmarks.gpu_session --out gpu-session          # on one H100/H200
-    python -m benchmarks.gpu_session --out /tmp/s --dry-run     # every piece on the CPU, tiny (CI)
+    python -m benchmarks.gpu_session --bundle ../gpu-wheels            # here, with the registry
+    python -m benchmarks.gpu_session --wheels ../gpu-wheels --out /tmp/gpu-session   # there
+    python -m benchmarks.gpu_session --out /tmp/s --dry-run            # on the CPU, tiny (CI)
 
-Pieces, in order, each a subprocess with its own timeout, its output in ``--out``:
+Pieces, in the order of what they are worth, each a subprocess with its own timeout, its
+output in ``--out``:
 
-1. ``build``: ``pip install --no-build-isolation --no-deps -e .`` with ``FASTADV_BUILD_CUDA=1``
-   (a failed build is recorded; the rest runs on whatever imports);
-2. ``info``: ``python -m fastadv.info``;
-3. ``tests``: the op, registration, backend-choice and CUDA tests on the GPU (JUnit XML);
-4. ``memcheck``: ``compute-sanitizer --tool memcheck`` over the CUDA cases of the op tests;
-5. ``op``, ``op-bf16``, ``attack``: the op suite (GB/s against a copy and the eager formula)
-   and the attack suite (PreActResNet-18, batch 512, PGD-10 against torchattacks and an
-   eager loop, with the bf16/channels_last/CUDA-graph ablation);
-6. ``train-epoch``: two PGD-10 training epochs of PreActResNet-18 on 50,000 synthetic
-   CIFAR-shaped images (bf16, channels_last, CUDA-graphed attack), seconds per epoch;
-7. ``train-bench``: the training suite (ablation against a plain eager loop, torch.compile
-   and CUDA graphs included) on 5,120 images.
+1. ``wheels``: with ``--wheels DIR``, what the bundle has and the node lacks, installed with
+   ``pip --no-index --no-deps`` (``benchmarks.wheels``) before anything else;
+2. ``build``: ``pip install --no-index --no-build-isolation --no-deps -e .`` with
+   ``FASTADV_BUILD_CUDA=1`` for the visible GPU's architecture (a failed build is recorded;
+   the rest runs on whatever imports);
+3. ``info``: ``python -m fastadv.info``;
+4. ``tests``: the op, registration, backend-choice, compile-path and CUDA tests on the GPU
+   (JUnit XML);
+5. ``op``: the op suite (GB/s against a copy and the eager formula);
+6. ``attack``: PreActResNet-18, batch 512, PGD-10 against torchattacks and an eager loop,
+   with the bf16/channels_last/CUDA-graph/torch.compile ablation;
+7. ``train-epoch``: two PGD-10 training epochs of PreActResNet-18 on 50,000 synthetic
+   CIFAR-shaped images (bf16, channels_last, CUDA-graphed attack), seconds per epoch (the
+   checkpoints are discarded);
+8. ``train-bench``: the training suite (ablation against a plain eager loop, torch.compile
+   and CUDA graphs included) on 5,120 images;
+9. ``memcheck``: ``compute-sanitizer --tool memcheck`` over the CUDA cases of the op tests;
+10. ``op-bf16``: the op suite in bfloat16.
 
-``summary.json`` and ``summary.md`` (rewritten after every piece) hold each piece's status
-(ok, failed, skipped), duration, reason and output files, with the device, versions, date,
-git commit and command. Each piece's timeout is its share of the time left in ``--budget-s``
-(seconds that earlier pieces did not use pass on to later ones); a piece whose share falls
-below its minimum is skipped. ``--dry-run`` runs the same pieces on the CPU at tiny sizes
-(no build, no sanitizer) in about a minute, so that this script cannot rot unseen.
+The session prints its plan first. ``summary.json`` and ``summary.md`` (rewritten after every
+piece) hold each piece's status (ok, failed, skipped), duration, reason and output files, with
+the device, versions, date, git commit and command. Each piece's timeout is its share of the
+time left in ``--budget-s`` (seconds that earlier pieces did not use pass on to later ones); a
+piece whose share falls below its minimum is skipped. The suites write each row as it is
+measured, so a piece cut short keeps what it measured. No output exceeds 4 MiB. ``--dry-run``
+runs the same pieces on the CPU at tiny sizes (no sanitizer; the CPU build only where none is
+built) in a few minutes, so that this script cannot rot unseen.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,13 +64,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the backend choice. The CPU cases are CI's (the -k filter drops them here).
 GPU_TESTS = ["tests/test_pgd_linf.py", "tests/test_pgd_l2.py", "tests/test_random_init.py",
              "tests/test_keep_best.py", "tests/test_registration.py", "tests/test_cuda.py",
-             "tests/test_backend_choice.py", "tests/test_validation.py"]
+             "tests/test_backend_choice.py", "tests/test_validation.py",
+             "tests/test_compile_path.py"]
 NOT_CPU_CASES = "not cpu-cpp and not cpu-torch and not cpu-triton"
 MEMCHECK_TESTS = ["tests/test_pgd_linf.py", "tests/test_pgd_l2.py", "tests/test_random_init.py",
                   "tests/test_keep_best.py"]
 MEMCHECK_EXIT = 86  # compute-sanitizer's exit status when it found errors
 # Kept back from the pieces: ending a timed-out piece (up to 10 s) and writing the summary.
 RESERVE_S = 20
+# The default budget leaves a 600 s command a minute for Python's start, copying the outputs
+# and the margin that a command killed at its limit would lose everything past.
+DEFAULT_BUDGET_S = 540.0
+# No output comes back larger than this: longer logs keep their head and tail, other files
+# are removed (and the summary says so).
+MAX_OUTPUT_BYTES = 4 << 20
+LOG_HEAD_BYTES = 256 << 10
 
 
 @dataclass
@@ -74,6 +94,10 @@ class Piece:
     env: dict[str, str] = field(default_factory=dict)
     skip_reason: str = ""
     note: str = ""  # recorded with the result (e.g. a missing baseline)
+    # Run just before the piece (after the pieces before it, the wheels included), given the
+    # piece's environment: a note to record, such as a baseline that will be missing.
+    precheck: Callable[[dict], str] | None = None
+    discard: list[str] = field(default_factory=list)  # globs under --out removed afterwards
 
 
 @dataclass
@@ -172,17 +196,62 @@ def environment(device: str, argv: list[str], budget_s: float, dry_run: bool) ->
 # --------------------------------------------------------------------------- the pieces
 
 
-def pieces(out: str, dry_run: bool) -> list[Piece]:
-    """The session's pieces: full sizes on CUDA, or tiny ones on the CPU for --dry-run."""
+def built_extension() -> bool:
+    """Whether this checkout holds a built fastadv._C (found without importing fastadv, which
+    needs packages the wheels piece may be about to install)."""
+    return bool(glob.glob(os.path.join(ROOT, "fastadv", "_C.*.so")))
+
+
+def gpu_arch() -> str | None:
+    """The visible GPU's architecture for TORCH_CUDA_ARCH_LIST ("9.0" on an H100/H200)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def torchattacks_note(env: dict) -> str:
+    """Why the attack suite will have no torchattacks.PGD rows, or "" when it will."""
+    done = subprocess.run([sys.executable, "-c", "import torchattacks"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode == 0:
+        return ""
+    last = (done.stderr.strip().splitlines() or ["?"])[-1]
+    return (f"torchattacks does not import ({last[:200]}): no torchattacks.PGD baseline rows "
+            "(bring it with --wheels)")
+
+
+def pieces(out: str, dry_run: bool, wheels: str | None = None) -> list[Piece]:
+    """The session's pieces, in the order of what they are worth: the wheels and the build
+    (nothing runs without them), correctness, then the op, attack and training throughput,
+    then the rest. Full sizes on CUDA, or tiny ones on the CPU for --dry-run."""
     py = sys.executable
     device = "cpu" if dry_run else "cuda"
     path = lambda name: os.path.join(out, name)  # noqa: E731
-    build_cmd = [py, "-m", "pip", "install", "-v", "--no-build-isolation", "--no-deps", "-e", "."]
-    build = Piece("build", "pip install -e . with the CUDA kernels (FASTADV_BUILD_CUDA=1)",
-                  None if dry_run else build_cmd, 0.22, 30,
-                  env={"FASTADV_BUILD_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4)},
-                  skip_reason="--dry-run: the installed build is used",
-                  note="" if not dry_run else f"would run: {shlex.join(build_cmd)}")
+    quick = ["--quick"] if dry_run else []
+
+    install = Piece("wheels", "the carried wheels the node lacks, installed offline",
+                    None if wheels is None else
+                    [py, "-m", "benchmarks.wheels", "install", os.path.abspath(wheels)],
+                    0.03, 10, skip_reason="no --wheels: the packages installed here are used")
+
+    # --no-index: whatever pip's configuration says, the build reaches for no network.
+    build_cmd = [py, "-m", "pip", "install", "-v", "--no-index", "--no-build-isolation",
+                 "--no-deps", "-e", "."]
+    if dry_run:  # a fresh checkout gets the CPU build, as the Quick start does
+        build = Piece("build", "pip install -e . (the CPU kernels: --dry-run)",
+                      None if built_extension() else build_cmd, 0.20, 30,
+                      env={"FASTADV_BUILD_CUDA": "0", "MAX_JOBS": str(os.cpu_count() or 2)},
+                      skip_reason="--dry-run: the installed build is used")
+    else:
+        arch = gpu_arch()
+        build = Piece("build", "pip install -e . with the CUDA kernels (FASTADV_BUILD_CUDA=1)",
+                      build_cmd, 0.20, 30,
+                      # The kernels for this GPU only: half the compile time of the default list.
+                      env={"FASTADV_BUILD_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4),
+                           **({"TORCH_CUDA_ARCH_LIST": arch} if arch else {})})
     info = Piece("info", "python -m fastadv.info", [py, "-m", "fastadv.info"], 0.02, 5)
 
     # -v: one line per test, so that a run cut short by its timeout still says what passed.
@@ -193,43 +262,21 @@ def pieces(out: str, dry_run: bool) -> list[Piece]:
     else:
         test_cmd = [*pytest, *GPU_TESTS, "-k", NOT_CPU_CASES]
     tests = Piece("tests", "the op, registration, backend-choice and CUDA tests",
-                  [*test_cmd, f"--junitxml={path('tests.junit.xml')}"], 0.18, 20,
+                  [*test_cmd, f"--junitxml={path('tests.junit.xml')}"], 0.17, 20,
                   outputs={"junit": "tests.junit.xml"})
 
-    sanitizer = find_compute_sanitizer()
-    memcheck_cmd = None if sanitizer is None or dry_run else [
-        sanitizer, "--tool", "memcheck", "--error-exitcode", str(MEMCHECK_EXIT),
-        "--print-limit", "100", *pytest, *MEMCHECK_TESTS, "-k", "cuda-",
-        f"--junitxml={path('memcheck.junit.xml')}"]
-    memcheck = Piece(
-        "memcheck", "compute-sanitizer --tool memcheck over the CUDA op tests", memcheck_cmd,
-        0.10, 20, outputs={"junit": "memcheck.junit.xml"},
-        # Without the caching allocator every tensor is its own allocation: an overrun is
-        # caught at the tensor's end, not at the end of a pooled block.
-        env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
-        skip_reason=("--dry-run: needs a GPU" + ("" if sanitizer else
-                                                 "; and no compute-sanitizer was found"))
-        if dry_run else "no compute-sanitizer on PATH, under $CUDA_HOME or /usr/local/cuda*")
-
     op = Piece("op", "op suite: pgd_ fp32 GB/s vs a copy and the eager formula",
-               [py, "-m", "benchmarks.op", "--device", device, *(["--quick"] if dry_run else []),
-                "--json", path("op.json")], 0.04, 10, outputs={"json": "op.json"})
-    op_bf16 = Piece("op-bf16", "op suite in bfloat16",
-                    [py, "-m", "benchmarks.op", "--device", device, "--dtype", "bfloat16",
-                     *(["--quick"] if dry_run else []), "--json", path("op-bf16.json")],
-                    0.02, 10, outputs={"json": "op-bf16.json"})
+               [py, "-m", "benchmarks.op", "--device", device, *quick,
+                "--json", path("op.json")], 0.05, 10, outputs={"json": "op.json"})
 
-    no_ta = "" if has_module("torchattacks") else (
-        "torchattacks is not installed: no torchattacks.PGD baseline rows (carry its wheel "
-        "and pip install --no-deps it to get them)")
     attack_sizes = (["--quick", "--batch", "8", "--steps", "2", "--repeats", "1",
                      "--eval-steps", "1", "--eval-restarts", "2", "--max-batch", "16"] if dry_run else
                     ["--model", "preact-resnet18", "--batch", "512", "--steps", "10",
                      "--eval-restarts", "0", "--repeats", "5"])
     attack = Piece("attack", "attack suite: PGD-10 images/s vs torchattacks and an eager loop",
                    [py, "-m", "benchmarks.attack", "--device", device, *attack_sizes,
-                    "--json", path("attack.json")], 0.10, 20, outputs={"json": "attack.json"},
-                   note=no_ta)
+                    "--json", path("attack.json")], 0.17, 20, outputs={"json": "attack.json"},
+                   precheck=torchattacks_note)
 
     run_dir = path("train-epoch")
     if dry_run:
@@ -244,8 +291,10 @@ def pieces(out: str, dry_run: bool) -> list[Piece]:
         [py, "-m", "fastadv.train", "--dataset", "synthetic", *epoch_sizes, "--precision",
          "bf16", "--channels-last", "--val-size", "1", "--eval-every", "1000000",
          "--eval-steps", "1", "--eval-examples", "1", "--device", device, "--no-progress",
-         "--out", run_dir], 0.12, 20, outputs={"run": "train-epoch", "metrics":
-                                               "train-epoch/metrics.jsonl"})
+         "--out", run_dir], 0.13, 20,
+        outputs={"run": "train-epoch", "metrics": "train-epoch/metrics.jsonl"},
+        # PreActResNet-18 checkpoints are ~90 MB each: only the metrics and report come back.
+        discard=["train-epoch/*.pt", "train-epoch/*.pt.pending", "train-epoch/.*.tmp"])
 
     bench_sizes = (["--quick", "--images", "64", "--batch", "32", "--steps", "1", "--epochs", "2"]
                    if dry_run
@@ -253,9 +302,29 @@ def pieces(out: str, dry_run: bool) -> list[Piece]:
                          "--steps", "10", "--epochs", "2"])
     train_bench = Piece("train-bench", "training suite: the ablation against a plain eager loop",
                         [py, "-m", "benchmarks.train", "--device", device, *bench_sizes,
-                         "--json", path("train-bench.json")], 0.20, 30,
+                         "--json", path("train-bench.json")], 0.15, 30,
                         outputs={"json": "train-bench.json"})
-    return [build, info, tests, memcheck, op, op_bf16, attack, train_epoch, train_bench]
+
+    sanitizer = find_compute_sanitizer()
+    memcheck_cmd = None if sanitizer is None or dry_run else [
+        sanitizer, "--tool", "memcheck", "--error-exitcode", str(MEMCHECK_EXIT),
+        "--print-limit", "100", *pytest, *MEMCHECK_TESTS, "-k", "cuda-",
+        f"--junitxml={path('memcheck.junit.xml')}"]
+    memcheck = Piece(
+        "memcheck", "compute-sanitizer --tool memcheck over the CUDA op tests", memcheck_cmd,
+        0.05, 20, outputs={"junit": "memcheck.junit.xml"},
+        # Without the caching allocator every tensor is its own allocation: an overrun is
+        # caught at the tensor's end, not at the end of a pooled block.
+        env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
+        skip_reason=("--dry-run: needs a GPU" + ("" if sanitizer else
+                                                 "; and no compute-sanitizer was found"))
+        if dry_run else "no compute-sanitizer on PATH, under $CUDA_HOME or /usr/local/cuda*")
+
+    op_bf16 = Piece("op-bf16", "op suite in bfloat16",
+                    [py, "-m", "benchmarks.op", "--device", device, "--dtype", "bfloat16",
+                     *quick, "--json", path("op-bf16.json")],
+                    0.03, 10, outputs={"json": "op-bf16.json"})
+    return [install, build, info, tests, op, attack, train_epoch, train_bench, memcheck, op_bf16]
 
 
 # --------------------------------------------------------------------------- running
@@ -318,6 +387,16 @@ def highlights(piece: Piece, out: str, log_text: str) -> dict:
     summary = re.findall(r"ERROR SUMMARY: (\d+) error", log_text)
     if summary:
         found["memcheck_errors"] = int(summary[-1])
+    table_json = piece.outputs.get("json")
+    if table_json and os.path.exists(os.path.join(out, table_json)):
+        try:
+            with open(os.path.join(out, table_json)) as f:
+                data = json.load(f)
+            found["rows"] = len(data.get("rows", []))
+            if not data.get("finished", True):
+                found["rows_note"] = "cut short: the rows measured before the end"
+        except (json.JSONDecodeError, OSError) as exc:
+            found["json_error"] = str(exc)
     metrics = piece.outputs.get("metrics")
     if metrics and os.path.exists(os.path.join(out, metrics)):
         with open(os.path.join(out, metrics)) as f:
@@ -343,6 +422,8 @@ def run_piece(piece: Piece, out: str, timeout_s: float | None, skip_reason: str)
         return Result(piece.name, piece.what, "skipped", skip_reason or piece.skip_reason, 0.0,
                       timeout_s, command, None, None, {}, {}, piece.note)
     log = f"{piece.name}.log"
+    env = child_env(piece)
+    note = "; ".join(filter(None, [piece.note, piece.precheck(env) if piece.precheck else ""]))
     for name in (log, *piece.outputs.values()):  # a rerun into the same --out starts clean
         stale = os.path.join(out, name)
         if os.path.isdir(stale):
@@ -351,15 +432,15 @@ def run_piece(piece: Piece, out: str, timeout_s: float | None, skip_reason: str)
             os.remove(stale)
     start = time.monotonic()
     try:
-        code, timed_out = run_command(piece.command, os.path.join(out, log), child_env(piece),
-                                      timeout_s)
+        code, timed_out = run_command(piece.command, os.path.join(out, log), env, timeout_s)
     except OSError as exc:  # the program itself could not start
         return Result(piece.name, piece.what, "failed", f"could not start: {exc}",
                       round(time.monotonic() - start, 1), round(timeout_s, 1), command, None,
-                      log, {"log": log}, {}, piece.note)
+                      log, {"log": log}, {}, note)
     duration = time.monotonic() - start
     with open(os.path.join(out, log), errors="replace") as f:
         log_text = f.read()
+    trimmed = discard_and_trim(out, piece.discard)
     if timed_out:
         status, reason = "failed", f"timed out after {timeout_s:.0f} s (partial output in {log})"
     elif code == 0:
@@ -377,8 +458,45 @@ def run_piece(piece: Piece, out: str, timeout_s: float | None, skip_reason: str)
         found["table"] = table
     if piece.name == "info":
         found["output"] = log_text.split("\n", 1)[-1].strip()
+    if trimmed:
+        found["trimmed"] = trimmed
     return Result(piece.name, piece.what, status, reason, round(duration, 1),
-                  round(timeout_s, 1), command, code, log, outputs, found, piece.note)
+                  round(timeout_s, 1), command, code, log, outputs, found, note)
+
+
+def discard_and_trim(out: str, discard: list[str]) -> list[str]:
+    """Removes what ``discard`` matches, then keeps every file under ``out`` within
+    MAX_OUTPUT_BYTES: a log keeps its head and tail, anything else is removed. Returns a line
+    for each file changed."""
+    changed = []
+    for pattern in discard:
+        for path in glob.glob(os.path.join(out, pattern)):
+            if os.path.isfile(path):
+                changed.append(f"{os.path.relpath(path, out)}: discarded "
+                               f"({os.path.getsize(path) / 2**20:.1f} MiB)")
+                os.remove(path)
+    for folder, _, files in os.walk(out):
+        for name in files:
+            path = os.path.join(folder, name)
+            size = os.path.getsize(path)
+            if size <= MAX_OUTPUT_BYTES:
+                continue
+            rel = os.path.relpath(path, out)
+            if name.endswith(".log"):
+                with open(path, "rb") as f:
+                    head = f.read(LOG_HEAD_BYTES)
+                    f.seek(size - (MAX_OUTPUT_BYTES - LOG_HEAD_BYTES - 256))
+                    tail = f.read()
+                cut = size - len(head) - len(tail)
+                with open(path, "wb") as f:
+                    f.write(head + f"\n[... {cut} bytes cut: outputs stay under "
+                                   f"{MAX_OUTPUT_BYTES >> 20} MiB ...]\n".encode() + tail)
+                changed.append(f"{rel}: {size / 2**20:.1f} MiB, middle cut")
+            else:
+                os.remove(path)
+                changed.append(f"{rel}: {size / 2**20:.1f} MiB, over "
+                               f"{MAX_OUTPUT_BYTES >> 20} MiB, removed")
+    return changed
 
 
 def timeout_for(index: int, plan: list[Piece], left_s: float) -> float:
@@ -426,7 +544,19 @@ def write_summary(out: str, env: dict, results: list[Result], total_s: float,
         f.write(markdown(env, results, total_s))
 
 
-def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list[str]) -> list[Result]:
+def planned_timeouts(plan: list[Piece], budget_s: float) -> dict[str, float]:
+    """Each piece's timeout if every piece before it used all of its own: the least it gets."""
+    for_pieces = budget_s - reserve_s(budget_s)
+    total = sum(p.share for p in plan if p.command is not None)
+    return {p.name: for_pieces * p.share / total for p in plan if p.command is not None}
+
+
+def reserve_s(budget_s: float) -> float:
+    return min(RESERVE_S, 0.1 * budget_s)
+
+
+def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list[str],
+            wheels: str | None = None) -> list[Result]:
     start = time.monotonic()
     os.makedirs(out, exist_ok=True)
     device = "cpu" if dry_run else "cuda"
@@ -434,13 +564,21 @@ def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list
     for name in ("TRITON_INTERPRET", "FASTADV_BACKEND"):
         if os.environ.get(name):
             env[f"ignored_{name}"] = os.environ[name]  # unset for every piece
-    plan = pieces(out, dry_run)
+    plan = pieces(out, dry_run, wheels)
     for p in plan:
         if p.name in skip:
             p.command, p.skip_reason = None, "--skip"
+    env["plan_s"] = {k: round(v) for k, v in planned_timeouts(plan, budget_s).items()}
+    print(f"plan: {budget_s:.0f} s, of which {reserve_s(budget_s):.0f} s kept for ending a "
+          "piece and the summary; each piece's timeout at least (time an earlier piece leaves "
+          "passes on):", flush=True)
+    for p in plan:
+        seconds = env["plan_s"].get(p.name)
+        print(f"  {p.name:<12} " + (f"{seconds:4d} s" if seconds is not None
+                                    else f"skipped: {p.skip_reason}"), flush=True)
     results: list[Result] = []
     for i, piece in enumerate(plan):
-        left = budget_s - min(RESERVE_S, 0.1 * budget_s) - (time.monotonic() - start)
+        left = budget_s - reserve_s(budget_s) - (time.monotonic() - start)
         timeout = timeout_for(i, plan, left) if piece.command is not None else None
         why = ""
         if timeout is not None and timeout < piece.min_s:
@@ -449,8 +587,11 @@ def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list
               + (f" (timeout {timeout:.0f} s)" if timeout and not why else ""), flush=True)
         result = run_piece(piece, out, timeout, why)
         results.append(result)
+        if piece.name == "wheels":
+            env["torchattacks"] = version_of("torchattacks")
         print(f"    {result.status} in {result.duration_s:.1f} s"
-              + (f": {result.reason}" if result.reason else ""), flush=True)
+              + (f": {result.reason}" if result.reason else "")
+              + (f" ({result.note})" if result.note else ""), flush=True)
         write_summary(out, env, results, time.monotonic() - start, finished=False)
     total = time.monotonic() - start
     write_summary(out, env, results, total, finished=True)
@@ -462,28 +603,51 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_session",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="directory for every output")
-    parser.add_argument("--budget-s", type=float, default=600.0,
-                        help="wall-clock seconds for the whole session (default 600)")
+    parser.add_argument("--out", help="directory for every output (required unless --bundle); "
+                                      "outside the working tree on a machine given back after")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                        help=f"wall-clock seconds for the whole session (default "
+                             f"{DEFAULT_BUDGET_S:.0f}: inside a 600 s command with margin)")
+    parser.add_argument("--wheels", metavar="DIR",
+                        help="before anything else, install offline what this bundle has and "
+                             "this Python lacks (made by --bundle)")
+    parser.add_argument("--bundle", metavar="DIR",
+                        help="on a machine with the registry: download every wheel the "
+                             "session needs for the GPU node (CPython 3.12, manylinux x86_64) "
+                             "into DIR with a manifest, and exit")
+    parser.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                        help="with --bundle: leave out a package the node is known to have")
     parser.add_argument("--dry-run", action="store_true",
-                        help="every piece on the CPU at tiny sizes, no build (CI)")
+                        help="every piece on the CPU at tiny sizes (CI); builds the CPU "
+                             "kernels only where none are built")
     parser.add_argument("--skip", action="append", default=[], metavar="PIECE",
                         help="skip this piece (repeatable): " + ", ".join(
                             p.name for p in pieces("", True)))
     args = parser.parse_args(argv)
+    if args.bundle:
+        from . import wheels
+
+        sys.exit(wheels.main(["bundle", args.bundle,
+                              *[a for name in args.exclude for a in ("--exclude", name)]]))
+    if args.exclude:
+        parser.error("--exclude goes with --bundle")
+    if not args.out:
+        parser.error("--out is required: a directory for every output")
     names = {p.name for p in pieces("", True)}
     unknown = set(args.skip) - names
     if unknown:
         parser.error(f"--skip: unknown piece(s) {', '.join(sorted(unknown))}")
     if args.budget_s <= 0:
         parser.error("--budget-s must be > 0")
+    if args.wheels and not os.path.isfile(os.path.join(args.wheels, "manifest.json")):
+        parser.error(f"--wheels: {args.wheels} holds no manifest.json (make it with --bundle)")
     if not args.dry_run:
         import torch
 
         if not torch.cuda.is_available():
             parser.error("no CUDA device is visible: use --dry-run to rehearse on the CPU")
     results = session(os.path.abspath(args.out), args.budget_s, args.dry_run, set(args.skip),
-                      argv)
+                      argv, args.wheels)
     # Failures are in the summary; the exit status says whether there were any.
     sys.exit(1 if any(r.status == "failed" for r in results) else 0)
 

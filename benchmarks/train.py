@@ -37,10 +37,10 @@ from fastadv.eval import clean_and_pgd_correct
 from fastadv.models import build_model
 from fastadv.train import TrainConfig, train
 
-from .attack import compiled_implementations, eager_pgd
+from .attack import compile_cell, compiled_implementations, eager_pgd
+from .common import Report, device_name, graph_breaks, peak_tflops, selected_cases
 
 COMPILED_EAGER = "torch.compile(eager loop: model + step)"
-from .common import device_name, peak_tflops, report, selected_cases
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -178,11 +178,14 @@ class Row:
     clean_accuracy: float
     robust_accuracy: float
     compile_s: float | None = None  # torch.compile rows: first epoch minus the fastest
+    graph_breaks: int | None = None  # torch.compile rows: > 0 means not compiled whole
 
 
 def run(device, model_name: str, images: int, batch: int, steps: int, epochs: int,
         compile_on_cpu: bool = False, device_name: str = "",
-        compile_rows: bool | None = None) -> list[Row]:
+        compile_rows: bool | None = None, on_row=None) -> list[Row]:
+    """The suite's rows for one model, the plain loop first (every ratio's baseline);
+    ``on_row(row)`` as each is measured."""
     # The trainer's synthetic data (seed 0: train stream 1, test stream 2), so every row
     # trains on the same images (the trainer holds one random image of images + 1 out for
     # validation, the plain loop the last) with the same channel statistics.
@@ -193,7 +196,6 @@ def run(device, model_name: str, images: int, batch: int, steps: int, epochs: in
     useful = (2 * steps + 3) * forward_flops_per_image(model_name)
     timed = slice(1 if epochs > 1 else 0, None)
     n = len(y_train) // batch * batch
-    results = {}
     plain_levels = {"plain eager loop (fp32, loss.backward, host data)": {},
                     "+ fused op": {"fused_op": True},
                     "+ input-only grads (fastadv.pgd)": {"input_grad_only": True}}
@@ -202,33 +204,36 @@ def run(device, model_name: str, images: int, batch: int, steps: int, epochs: in
     if compile_rows and epochs > 1:
         plain_levels["torch.compile(plain loop: attack + model, host data)"] = {
             "compiled": True}
-    compile_s = {}
+    peak = peak_tflops(device_name)
+    rows = []
+
+    def measured(name, seconds, model, compiled, breaks):
+        clean, robust = robust_accuracy(model, x_test, y_test)
+        ips = n / min(seconds[timed])
+        base = ips if not rows else rows[0].images_per_s
+        tflops = ips * useful / 1e12
+        rows.append(Row(model_name, images, batch, steps, name, min(seconds[timed]),
+                        statistics.median(seconds[timed]), ips, ips / base, tflops,
+                        None if peak is None else tflops / peak, clean, robust,
+                        seconds[0] - min(seconds[timed]) if compiled else None,
+                        breaks if compiled else None))
+        if on_row is not None:
+            on_row(rows[-1])
+
     for name, options in plain_levels.items():
+        before = graph_breaks()
         model, seconds = plain_loop(model_name, x_train, y_train, mean=data.mean, std=data.std,
                                     batch=batch, epochs=epochs, steps=steps, device=device,
                                     **options)
-        results[name] = (seconds[timed], robust_accuracy(model, x_test, y_test))
-        if options.get("compiled"):
-            compile_s[name] = seconds[0] - min(seconds[timed])
+        measured(name, seconds, model, options.get("compiled"), graph_breaks() - before)
     levels = fastadv_levels(device, compile_on_cpu or (compile_rows and epochs > 1))
     for name, options in levels.items():
+        before = graph_breaks()
         metrics, model = run_trainer(model_name, images=images, test_images=len(y_test),
                                      batch=batch, epochs=epochs, steps=steps, device=device,
                                      options=options)
-        seconds = [m["seconds"] for m in metrics]
-        results[name] = (seconds[timed], robust_accuracy(model, x_test, y_test))
-        if options.get("compile"):
-            compile_s[name] = seconds[0] - min(seconds[timed])
-    base = n / min(next(iter(results.values()))[0])
-    peak = peak_tflops(device_name)
-    rows = []
-    for name, (seconds, (clean, robust)) in results.items():
-        ips = n / min(seconds)
-        tflops = ips * useful / 1e12
-        rows.append(Row(model_name, images, batch, steps, name, min(seconds),
-                        statistics.median(seconds), ips, ips / base, tflops,
-                        None if peak is None else tflops / peak, clean, robust,
-                        compile_s.get(name)))
+        measured(name, [m["seconds"] for m in metrics], model, options.get("compile"),
+                 graph_breaks() - before)
     return rows
 
 
@@ -246,7 +251,7 @@ def markdown(rows: list[Row], env: dict) -> str:
                      f"| {r.images_per_s:.1f} | {r.speedup_vs_plain:.2f}× "
                      f"| {r.tflops:.3f} | {mfu} | {r.clean_accuracy:.1%} "
                      f"| {r.robust_accuracy:.1%} "
-                     f"| {'' if r.compile_s is None else f'{r.compile_s:.1f}'} |")
+                     f"| {compile_cell(r.compile_s, r.graph_breaks)} |")
     return "\n".join(lines)
 
 
@@ -281,10 +286,11 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    rows = [row for case in selected_cases(cases(device, args.quick), args)
-            for row in run(device, **case, compile_on_cpu=args.compile_on_cpu,
-                           device_name=device_name(device))]
-    report("train", device, rows, markdown, args.json)
+    results = Report("train", device, markdown, args.json)
+    for case in selected_cases(cases(device, args.quick), args):
+        run(device, **case, compile_on_cpu=args.compile_on_cpu, device_name=device_name(device),
+            on_row=results.add)
+    results.finish()
 
 
 if __name__ == "__main__":

@@ -104,6 +104,11 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is the temp file of an atomic write (``.NAME.PID.tmp``)."""
+    return _TEMP.match(name) is not None
+
+
 def remove_leftovers(directory: str, names=None) -> tuple[int, int]:
     """Removes the temp files of atomic writes (``.NAME.PID.tmp``) in ``directory`` whose
     writer is dead, only for ``names`` when given; returns (how many, bytes)."""

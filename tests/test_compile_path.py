@@ -36,6 +36,41 @@ def _attack(model, x_nat, y, steps: int):
     return x_adv
 
 
+def _attack_func_grad(model, x_nat, y, steps: int):
+    """The same loop with the input gradient from torch.func.grad: the form that compiles
+    whole on every supported torch (2.11's Dynamo refuses x.requires_grad_())."""
+    input_grad = torch.func.grad(lambda x: F.cross_entropy(model(x), y))
+    x_adv = x_nat.clone()
+    for _ in range(steps):
+        fastadv.pgd_(x_adv, input_grad(x_adv), x_nat, eps=8 / 255, alpha=2 / 255)
+    return x_adv
+
+
+def _dynamo_takes_requires_grad_() -> bool:
+    """Whether this torch's Dynamo compiles x.requires_grad_() on a tensor made inside the
+    compiled function (2.11's does not; 2.14's does)."""
+    def fn(x):
+        y = x.clone()
+        y.requires_grad_(True)
+        return y.detach()
+
+    torch._dynamo.reset()
+    try:
+        torch.compile(fn, fullgraph=True, backend="eager")(torch.ones(2))
+    except torch._dynamo.exc.Unsupported:
+        return False
+    finally:
+        torch._dynamo.reset()
+    return True
+
+
+LOOPS = [pytest.param(_attack_func_grad, id="func-grad"),
+         pytest.param(_attack, id="requires-grad", marks=pytest.mark.skipif(
+             "not _dynamo_takes_requires_grad_()",
+             reason="this torch's Dynamo refuses Tensor.requires_grad_() in a compiled function "
+                    "(torch 2.11); the func-grad loop compiles whole"))]
+
+
 def _inputs(device):
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(3, 3, 6, 6, generator=gen).to(device)
@@ -43,15 +78,16 @@ def _inputs(device):
     return x, y
 
 
-def test_attack_loop_compiles_fullgraph_and_matches_eager():
+@pytest.mark.parametrize("attack", LOOPS)
+def test_attack_loop_compiles_fullgraph_and_matches_eager(attack):
     """On the CPU the step is the opaque op (C++ kernel): it must not break the graph."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     model = _model("cpu")
     x, y = _inputs("cpu")
-    eager = _attack(model, x, y, 3)
+    eager = attack(model, x, y, 3)
     with torch._dynamo.config.patch(trace_autograd_ops=True):
-        compiled = torch.compile(_attack, fullgraph=True, dynamic=False)(model, x, y, 3)
+        compiled = torch.compile(attack, fullgraph=True, dynamic=False)(model, x, y, 3)
     assert not torch._dynamo.utils.counters["graph_break"]
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
 
@@ -110,16 +146,41 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @cuda
+@pytest.mark.parametrize("attack", LOOPS)
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
-def test_cuda_attack_loop_compiles_with_the_triton_step(mode):
+def test_cuda_attack_loop_compiles_with_the_triton_step(mode, attack):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     model = _model("cuda")
     x, y = _inputs("cuda")
-    eager = _attack(model, x, y, 3)
-    compiled_fn = torch.compile(_attack, fullgraph=True, dynamic=False, mode=mode)
+    eager = attack(model, x, y, 3)
+    compiled_fn = torch.compile(attack, fullgraph=True, dynamic=False, mode=mode)
     with torch._dynamo.config.patch(trace_autograd_ops=True):
         for _ in range(3):  # CUDA graph trees record on the first calls, replay after
             compiled = compiled_fn(model, x, y, 3).clone()
             torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
     assert not torch._dynamo.utils.counters["graph_break"]
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval-bn", "train-bn"])
+def test_the_benchmarks_compiled_loops_trace_whole(train_mode):
+    """The torch.compile baselines of the attack and training suites (BatchNorm in train mode
+    in the latter) compile without a graph break, and count any they meet."""
+    from benchmarks.attack import EPS, compile_cell, compiled_implementations
+    from benchmarks.common import graph_breaks
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).train(train_mode)
+    x, y = _inputs("cpu")
+    before = graph_breaks()
+    for name, run in compiled_implementations(model, steps=2).items():
+        tracked = model[1].num_batches_tracked.item()
+        x_adv = run(x, y)
+        assert (x_adv - x).abs().max() <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+        # Train-mode BatchNorm updates its statistics at every step, as in the eager loop.
+        assert model[1].num_batches_tracked.item() - tracked == (2 if train_mode else 0), name
+        assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+    assert graph_breaks() == before
+    assert compile_cell(12.04, 0) == "12.0" and "2 graph breaks: not whole" in compile_cell(3, 2)

@@ -25,6 +25,7 @@ def fast(monkeypatch):
     """fastadv._C._linf_step_fast, found and with the C++ backend chosen (FASTADV_BACKEND
     unset), as after any first pgd_ call."""
     monkeypatch.delenv("FASTADV_BACKEND", raising=False)
+    backends.reset()  # no choice left by an earlier test (another FASTADV_BACKEND's included)
     x_nat, x_adv, grad = attack_state((2, 3))
     fastadv.pgd_(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA)
     assert ops._fast_step is not None

@@ -125,6 +125,39 @@ def test_training_killed_many_times_ends_like_an_uninterrupted_run(tmp_path, who
     FAULTS["survived"] += kills
 
 
+def test_a_run_killed_before_its_config_json_starts_again_with_the_same_command(tmp_path, whole):
+    """Killed at any instant before its first checkpoint, even before config.json exists: the
+    same command, with or without --resume, starts it again to the uninterrupted result."""
+    args = [*TINY, "--method", "pgd"]
+    for extra in ([], ["--resume"]):
+        out = str(tmp_path / f"run{len(extra)}")
+        code, _ = killed_in_write(1, [*args, "--out", out])  # write 1: config.json
+        assert code == -signal.SIGKILL
+        left = sorted(os.listdir(out))
+        assert "config.json" not in left and LOCK_NAME in left
+        assert any(n.startswith(".config.json.") and n.endswith(".tmp") for n in left), left
+        FAULTS["injected"] += 1
+        result = run_cli(*args, "--out", out, *extra)
+        assert result.returncode == 0, result.stderr
+        assert_same_run(whole("pgd"), out)
+        FAULTS["survived"] += 1
+    # Killed right after creating the folder: it is empty.
+    out = tmp_path / "empty"
+    out.mkdir()
+    result = run_cli(*args, "--out", str(out), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(whole("pgd"), str(out))
+
+
+def test_resume_refuses_a_folder_that_holds_something_else(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run_cli(*TINY, "--method", "pgd", "--out", str(out), "--resume")
+    assert result.returncode == 2 and "last.pt' does not exist" in result.stderr
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
 # --------------------------------------------------------------------------- evaluation
 
 

@@ -53,7 +53,7 @@ def test_each_outcome_is_recorded_and_the_rest_still_runs(tmp_path, monkeypatch)
         Piece("ok", "passes", [PY, "-c", "print('| a |'); print('|---|')"], 0.2, 0),
         Piece("starved", "needs more time than is left", [PY, "-c", "pass"], 0.01, 1000),
     ]
-    monkeypatch.setattr(gpu_session, "pieces", lambda out, dry_run: fake)
+    monkeypatch.setattr(gpu_session, "pieces", lambda out, dry_run, wheels=None: fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # never reaches a piece
     gpu_session.session(str(tmp_path), 20, True, set(), ["--out", str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -78,9 +78,12 @@ def test_dry_run_completes(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     status = {p["name"]: p["status"] for p in summary["pieces"]}
-    assert status == {"build": "skipped", "info": "ok", "tests": "ok", "memcheck": "skipped",
-                      "op": "ok", "op-bf16": "ok", "attack": "ok", "train-epoch": "ok",
-                      "train-bench": "ok"}
+    assert status == {"wheels": "skipped", "build": "skipped", "info": "ok", "tests": "ok",
+                      "op": "ok", "attack": "ok", "train-epoch": "ok", "train-bench": "ok",
+                      "memcheck": "skipped", "op-bf16": "ok"}
+    # The plan comes first, before any piece runs.
+    assert result.stdout.index("plan:") < result.stdout.index("[1/10] wheels")
+    assert set(summary["plan_s"]) == set(status) - {"wheels", "build", "memcheck"}
     assert summary["dry_run"] and summary["finished"] and summary["total_s"] < 600
     for key in ("device", "torch", "triton", "date", "git_sha", "command"):
         assert key in summary
@@ -90,7 +93,24 @@ def test_dry_run_completes(tmp_path):
     by_name = {p["name"]: p for p in summary["pieces"]}
     assert by_name["tests"]["highlights"]["passed"] > 0
     assert by_name["train-epoch"]["highlights"]["epoch_seconds"]
+    assert by_name["attack"]["highlights"]["rows"] > 0
     assert "## attack" in (tmp_path / "summary.md").read_text()
+    # Nothing large comes back: the run's checkpoints are discarded, its metrics kept.
+    assert not list((tmp_path / "train-epoch").glob("*.pt"))
+    assert (tmp_path / "train-epoch" / "metrics.jsonl").exists()
+    sizes = [f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()]
+    assert max(sizes) <= gpu_session.MAX_OUTPUT_BYTES
+
+
+class _NoReport:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def add(self, row):
+        pass
+
+    def finish(self, rows=None):
+        pass
 
 
 def test_the_gpu_commands_parse(tmp_path, monkeypatch):
@@ -108,7 +128,9 @@ def test_the_gpu_commands_parse(tmp_path, monkeypatch):
     suites = {"op": op, "op-bf16": op, "attack": attack, "train-bench": train}
     for name, module in suites.items():
         monkeypatch.setattr(module, "run", lambda *a, _name=name, **k: calls.setdefault(_name, k) and [])
-        monkeypatch.setattr(module, "report", lambda *a, **k: None)
+        for name_, stub in (("report", lambda *a, **k: None), ("Report", _NoReport)):
+            if hasattr(module, name_):
+                monkeypatch.setattr(module, name_, stub)
         if hasattr(module, "call_overhead"):  # times real calls on the (absent) GPU
             monkeypatch.setattr(module, "call_overhead", lambda *a, **k: [])
         monkeypatch.setattr(module, "device_name", lambda device: "a GPU", raising=False)
@@ -119,3 +141,94 @@ def test_the_gpu_commands_parse(tmp_path, monkeypatch):
         {"model_name": "preact-resnet18", "batch": 512, "steps": 10, "eval_restarts": 0}
     assert {k: calls["train-bench"][k] for k in ("model_name", "images", "batch", "steps")} == \
         {"model_name": "preact-resnet18", "images": 5120, "batch": 512, "steps": 10}
+
+
+def test_the_default_budget_fits_a_600_s_command_and_every_piece_its_minimum(tmp_path):
+    budget = gpu_session.DEFAULT_BUDGET_S
+    assert budget + 45 <= 600  # Python's start, the outputs' copy and a margin stay outside
+    plan = gpu_session.pieces(str(tmp_path), dry_run=False, wheels=str(tmp_path))
+    planned = gpu_session.planned_timeouts(plan, budget)
+    assert sum(planned.values()) + gpu_session.reserve_s(budget) == pytest.approx(budget)
+    for piece in plan:  # even if every earlier piece used all of its share
+        if piece.command is not None:
+            assert planned[piece.name] >= piece.min_s, piece.name
+
+
+def test_pieces_come_in_the_order_of_their_value(tmp_path):
+    names = [p.name for p in gpu_session.pieces(str(tmp_path), dry_run=False)]
+    assert names == ["wheels", "build", "info", "tests", "op", "attack", "train-epoch",
+                     "train-bench", "memcheck", "op-bf16"]
+
+
+def test_the_build_reaches_for_no_network_and_targets_this_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_session, "gpu_arch", lambda: "9.0")
+    build = {p.name: p for p in gpu_session.pieces(str(tmp_path), dry_run=False)}["build"]
+    assert "--no-index" in build.command and "--no-deps" in build.command
+    assert build.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and build.env["FASTADV_BUILD_CUDA"] == "1"
+
+
+def test_a_dry_run_builds_the_cpu_kernels_only_where_none_are_built(tmp_path, monkeypatch):
+    for built, expect_command in ((True, False), (False, True)):
+        monkeypatch.setattr(gpu_session, "built_extension", lambda built=built: built)
+        build = {p.name: p for p in gpu_session.pieces(str(tmp_path), dry_run=True)}["build"]
+        assert (build.command is not None) == expect_command
+        assert build.env["FASTADV_BUILD_CUDA"] == "0"
+
+
+def test_outputs_stay_small(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"x" * 1000)
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    big_log = b"head\n" + b"." * (gpu_session.MAX_OUTPUT_BYTES * 2) + b"\nlast line\n"
+    (tmp_path / "tests.log").write_bytes(big_log)
+    (tmp_path / "huge.bin").write_bytes(b"\0" * (gpu_session.MAX_OUTPUT_BYTES + 1))
+    (tmp_path / "small.json").write_text("{}")
+    changed = gpu_session.discard_and_trim(str(tmp_path), ["run/*.pt"])
+    assert not (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "metrics.jsonl").exists()
+    log = (tmp_path / "tests.log").read_bytes()
+    assert log.startswith(b"head\n") and log.endswith(b"last line\n") and b"bytes cut" in log
+    assert len(log) <= gpu_session.MAX_OUTPUT_BYTES
+    assert not (tmp_path / "huge.bin").exists() and (tmp_path / "small.json").exists()
+    assert len(changed) == 3 and any("last.pt: discarded" in c for c in changed)
+
+
+def test_a_precheck_note_is_recorded(tmp_path):
+    piece = Piece("p", "", [PY, "-c", "pass"], 1, 0, precheck=lambda env: "no baseline here")
+    result = gpu_session.run_piece(piece, str(tmp_path), 30, "")
+    assert result.status == "ok" and result.note == "no baseline here"
+
+
+def test_the_wheels_flag_needs_a_bundle(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        gpu_session.main(["--dry-run", "--out", str(tmp_path / "o"), "--wheels", str(tmp_path)])
+    assert exc.value.code == 2 and "no manifest.json" in capsys.readouterr().err
+
+
+def test_suite_rows_are_written_as_they_are_measured(tmp_path, capsys):
+    """A suite cut short by its timeout keeps every row it measured, in its JSON."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from benchmarks.common import Report
+
+    @dataclass
+    class Row:
+        impl: str
+        images_per_s: float
+
+    def markdown(rows, env):
+        return "\n".join(["title", "", "| impl | images/s |", "|---|---:|",
+                          *[f"| {r.impl} | {r.images_per_s} |" for r in rows]])
+
+    path = tmp_path / "suite.json"
+    report = Report("x", torch.device("cpu"), markdown, str(path))
+    report.add(Row("eager", 1.0))
+    data = json.loads(path.read_text())
+    assert data["finished"] is False and data["rows"] == [{"impl": "eager", "images_per_s": 1.0}]
+    assert capsys.readouterr().out == "measured | eager | 1.0 |\n"  # not a table line
+    report.add(Row("fused", 2.0))
+    report.finish()
+    data = json.loads(path.read_text())
+    assert data["finished"] is True and [r["impl"] for r in data["rows"]] == ["eager", "fused"]
+    assert "| fused | 2.0 |" in capsys.readouterr().out

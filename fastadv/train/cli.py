@@ -44,6 +44,9 @@ def config_from_args(argv=None) -> TrainConfig:
             except DirectoryBusy as exc:
                 raise TrainConfigError(str(exc)) from None
             probe.release()
+        if killed_before_first_checkpoint(args.out) and not os.path.exists(config):
+            # Killed before it recorded its settings: the flags given now are the run's.
+            return resolve(args)
         if killed_before_first_checkpoint(args.out):
             try:  # killed before its first checkpoint
                 with open(config) as f:

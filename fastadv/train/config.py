@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 
+from .._rundir import LOCK_NAME, is_temp_name
 from ..data import DATASETS, MNIST_FORMAT, is_dataset
 from ..data.folder import AUGMENTS, PREFIX as FOLDER_PREFIX, is_folder_name
 from ..data.idx import PREFIX as IDX_PREFIX
@@ -429,15 +430,22 @@ def check(cfg: TrainConfig) -> None:
 
 
 def killed_before_first_checkpoint(out: str) -> bool:
-    """Whether ``out`` holds a run that wrote its config.json and nothing else yet (no
-    last.pt, best.pt, results or epoch metrics): one that can only start again."""
+    """Whether ``out`` holds a run killed before its first checkpoint, at whatever instant:
+    one that wrote its config.json and nothing else yet (no last.pt, best.pt, results or
+    epoch metrics), or one killed even before that, whose folder holds nothing but the run's
+    lock and the temp files of interrupted writes (or nothing at all). Such a run has nothing
+    to lose: it can only start again."""
     def has(name):
         return os.path.exists(os.path.join(out, name))
 
+    if not os.path.isdir(out):
+        return False
     metrics = os.path.join(out, "metrics.jsonl")
-    return (has("config.json") and not any(has(n) for n in ("last.pt", "best.pt",
-                                                              "best.pt.pending", "results.json"))
-            and (not os.path.exists(metrics) or os.path.getsize(metrics) == 0))
+    if any(has(n) for n in ("last.pt", "best.pt", "best.pt.pending", "results.json")) or (
+            os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        return False
+    return has("config.json") or all(name in (LOCK_NAME, "metrics.jsonl") or is_temp_name(name)
+                                     for name in os.listdir(out))
 
 
 def check_out_dir(out: str, resume: bool) -> None:
