@@ -335,6 +335,11 @@ def child_env(piece: Piece) -> dict:
     TRITON_INTERPRET (Triton's interpreter) and FASTADV_BACKEND (a forced backend)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTADV_BACKEND")}
     env["PYTHONUNBUFFERED"] = "1"
+    # This Python's scripts first: the ninja that the wheels installed, where the build
+    # looks for it (a venv's python run by path leaves its bin/ off PATH).
+    scripts = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([scripts, *[p for p in env.get("PATH", "").split(os.pathsep)
+                                              if p and p != scripts]])
     env.update(piece.env)
     return env
 

@@ -232,3 +232,11 @@ def test_suite_rows_are_written_as_they_are_measured(tmp_path, capsys):
     data = json.loads(path.read_text())
     assert data["finished"] is True and [r["impl"] for r in data["rows"]] == ["eager", "fused"]
     assert "| fused | 2.0 |" in capsys.readouterr().out
+
+
+def test_pieces_find_this_pythons_scripts_first(monkeypatch):
+    """The build finds the ninja the wheels installed even when PATH lacks the venv's bin/."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = gpu_session.child_env(Piece("p", "", ["x"], 1, 0))
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    assert env["PATH"].endswith("/usr/bin:/bin")
