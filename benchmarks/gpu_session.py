@@ -389,6 +389,10 @@ def highlights(piece: Piece, out: str, log_text: str) -> dict:
     elif junit:  # cut short before pytest wrote its report: count the -v lines
         for outcome in ("PASSED", "FAILED", "SKIPPED", "ERROR"):
             found[outcome.lower()] = len(re.findall(rf"^\S+::.* {outcome}\b", log_text, re.M))
+    if piece.name == "wheels":  # benchmarks.wheels install's lines
+        found["installed"] = re.findall(r"^install (\S+ \S+)", log_text, re.M)
+        found["kept"] = len(re.findall(r"^keep ", log_text, re.M))
+        found["missing"] = re.findall(r"^missing (\S+):", log_text, re.M)
     summary = re.findall(r"ERROR SUMMARY: (\d+) error", log_text)
     if summary:
         found["memcheck_errors"] = int(summary[-1])

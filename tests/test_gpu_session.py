@@ -240,3 +240,12 @@ def test_pieces_find_this_pythons_scripts_first(monkeypatch):
     env = gpu_session.child_env(Piece("p", "", ["x"], 1, 0))
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
     assert env["PATH"].endswith("/usr/bin:/bin")
+
+
+def test_the_wheels_piece_says_what_it_installed(tmp_path):
+    log = ("keep    numpy 2.5.2 (installed; bundle has 2.5.5)\n"
+           "install torchattacks 3.5.1\ninstall tqdm 4.70.1 (replaces 4.0: outside >=4.56.1)\n"
+           "missing torchvision: neither bundled nor installed (torchattacks: torchvision>=0.8.2)\n")
+    found = gpu_session.highlights(Piece("wheels", "", ["x"], 1, 0), str(tmp_path), log)
+    assert found == {"installed": ["torchattacks 3.5.1", "tqdm 4.70.1"], "kept": 1,
+                     "missing": ["torchvision"]}
