@@ -1,9 +1,13 @@
-"""One command for a lent GPU: everything a GPU can tell us about fastadv, inside one 10-minute
-command on an air-gapped node.
+"""One command for a lent GPU: everything a GPU can tell us about fastadv, in 10 minutes.
 
-    python -m benchmarks.gpu_session --bundle ../gpu-wheels            # here, with the registry
-    python -m benchmarks.gpu_session --wheels ../gpu-wheels --out /tmp/gpu-session   # there
-    python -m benchmarks.gpu_session --out /tmp/s --dry-run            # on the CPU, tiny (CI)
+The GPU is an air-gapped node: what it lacks comes as wheels, bundled here beforehand.
+
+    # here, with the registry: the wheels the node lacks
+    python -m benchmarks.gpu_session --bundle ../gpu-wheels
+    # there, offline, from the repository root: one command of at most 10 minutes
+    python -m benchmarks.gpu_session --wheels ../gpu-wheels --out /tmp/gpu-session --archive /tmp/gpu-session.tar.gz
+    # on the CPU, tiny (CI)
+    python -m benchmarks.gpu_session --out /tmp/s --dry-run
 
 Pieces, in the order of what they are worth, each a subprocess with its own timeout, its
 output in ``--out``:
@@ -42,7 +46,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -53,10 +56,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+
+from . import wheels
+from .wheels import installed_version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,20 +147,6 @@ def find_compute_sanitizer() -> str | None:
     return None
 
 
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def version_of(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def git(*args: str) -> str | None:
     try:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
@@ -182,7 +175,8 @@ def environment(device: str, argv: list[str], budget_s: float, dry_run: bool) ->
     return {
         "device": name, "device_type": device, "gpu_count": torch.cuda.device_count(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-        "triton": version_of("triton"), "torchattacks": version_of("torchattacks"),
+        "triton": installed_version("triton"),
+        "torchattacks": installed_version("torchattacks"),
         "python": platform.python_version(), "host": platform.node(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": git("rev-parse", "HEAD"),
@@ -553,6 +547,15 @@ def write_summary(out: str, env: dict, results: list[Result], total_s: float,
         f.write(markdown(env, results, total_s))
 
 
+def write_archive(out: str, archive: str) -> None:
+    """``out`` as one .tar.gz, replaced whole (a kill mid-write keeps the previous one): one
+    file to carry back, as of the last piece that ended."""
+    tmp = f"{archive}.{os.getpid()}.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(out, arcname=os.path.basename(out.rstrip(os.sep)) or "gpu-session")
+    os.replace(tmp, archive)
+
+
 def planned_timeouts(plan: list[Piece], budget_s: float) -> dict[str, float]:
     """Each piece's timeout if every piece before it used all of its own: the least it gets."""
     for_pieces = budget_s - reserve_s(budget_s)
@@ -565,7 +568,7 @@ def reserve_s(budget_s: float) -> float:
 
 
 def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list[str],
-            wheels: str | None = None) -> list[Result]:
+            wheels: str | None = None, archive: str | None = None) -> list[Result]:
     start = time.monotonic()
     os.makedirs(out, exist_ok=True)
     device = "cpu" if dry_run else "cuda"
@@ -597,14 +600,19 @@ def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list
         result = run_piece(piece, out, timeout, why)
         results.append(result)
         if piece.name == "wheels":
-            env["torchattacks"] = version_of("torchattacks")
+            env["torchattacks"] = installed_version("torchattacks")
         print(f"    {result.status} in {result.duration_s:.1f} s"
               + (f": {result.reason}" if result.reason else "")
               + (f" ({result.note})" if result.note else ""), flush=True)
         write_summary(out, env, results, time.monotonic() - start, finished=False)
+        if archive:
+            write_archive(out, archive)
     total = time.monotonic() - start
     write_summary(out, env, results, total, finished=True)
-    print(f"wrote {os.path.join(out, 'summary.md')} and summary.json ({total:.0f} s)")
+    if archive:
+        write_archive(out, archive)
+    print(f"wrote {os.path.join(out, 'summary.md')} and summary.json ({total:.0f} s)"
+          + (f"; everything in {archive}" if archive else ""))
     return results
 
 
@@ -617,6 +625,9 @@ def main(argv=None):
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                         help=f"wall-clock seconds for the whole session (default "
                              f"{DEFAULT_BUDGET_S:.0f}: inside a 600 s command with margin)")
+    parser.add_argument("--archive", metavar="FILE",
+                        help="also keep --out as one .tar.gz, rewritten after every piece "
+                             "(one file to carry back, even from a command killed later)")
     parser.add_argument("--wheels", metavar="DIR",
                         help="before anything else, install offline what this bundle has and "
                              "this Python lacks (made by --bundle)")
@@ -634,8 +645,6 @@ def main(argv=None):
                             p.name for p in pieces("", True)))
     args = parser.parse_args(argv)
     if args.bundle:
-        from . import wheels
-
         sys.exit(wheels.main(["bundle", args.bundle,
                               *[a for name in args.exclude for a in ("--exclude", name)]]))
     if args.exclude:
@@ -655,8 +664,11 @@ def main(argv=None):
 
         if not torch.cuda.is_available():
             parser.error("no CUDA device is visible: use --dry-run to rehearse on the CPU")
+    archive = os.path.abspath(args.archive) if args.archive else None
+    if archive and archive.startswith(os.path.abspath(args.out) + os.sep):
+        parser.error("--archive must lie outside --out (it holds --out)")
     results = session(os.path.abspath(args.out), args.budget_s, args.dry_run, set(args.skip),
-                      argv, args.wheels)
+                      argv, args.wheels, archive)
     # Failures are in the summary; the exit status says whether there were any.
     sys.exit(1 if any(r.status == "failed" for r in results) else 0)
 

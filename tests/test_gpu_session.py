@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -55,7 +56,9 @@ def test_each_outcome_is_recorded_and_the_rest_still_runs(tmp_path, monkeypatch)
     ]
     monkeypatch.setattr(gpu_session, "pieces", lambda out, dry_run, wheels=None: fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # never reaches a piece
-    gpu_session.session(str(tmp_path), 20, True, set(), ["--out", str(tmp_path)])
+    archive = tmp_path.parent / f"{tmp_path.name}.tar.gz"
+    gpu_session.session(str(tmp_path), 20, True, set(), ["--out", str(tmp_path)],
+                        archive=str(archive))
     summary = json.loads((tmp_path / "summary.json").read_text())
     by_name = {p["name"]: p for p in summary["pieces"]}
     assert [p["name"] for p in summary["pieces"]] == [p.name for p in fake]
@@ -66,6 +69,10 @@ def test_each_outcome_is_recorded_and_the_rest_still_runs(tmp_path, monkeypatch)
     assert by_name["starved"]["status"] == "skipped" and "budget" in by_name["starved"]["reason"]
     assert summary["finished"] and summary["ignored_TRITON_INTERPRET"] == "1"
     assert "| ok | ok |" in (tmp_path / "summary.md").read_text()
+    with tarfile.open(archive) as tar:  # the whole --out, as of the end
+        names = tar.getnames()
+        packed = json.load(tar.extractfile(f"{tmp_path.name}/summary.json"))
+    assert f"{tmp_path.name}/fails.log" in names and packed["finished"]
 
 
 @pytest.mark.slow
