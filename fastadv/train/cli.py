@@ -45,8 +45,7 @@ def config_from_args(argv=None) -> TrainConfig:
                 raise TrainConfigError(str(exc)) from None
             probe.release()
         if killed_before_first_checkpoint(args.out) and not os.path.exists(config):
-            # Killed before it recorded its settings: the flags given now are the run's.
-            return resolve(args)
+            return resolve(args)  # killed before it wrote its settings: these flags are the run's
         if killed_before_first_checkpoint(args.out):
             try:  # killed before its first checkpoint
                 with open(config) as f:

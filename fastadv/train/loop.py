@@ -224,10 +224,11 @@ def _resume_or_start(job: Job, ctx: distributed.Context, raw, optimizer, sched, 
     last, best = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
     pending = best + ".pending"
     resuming = cfg.resume and not killed_before_first_checkpoint(cfg.out)
-    config = os.path.join(cfg.out, "config.json")
-    if cfg.resume and not resuming and os.path.exists(config):  # nothing to lose
-        with open(config) as f:
-            check_resumable(json.load(f), cfg)
+    if cfg.resume and not resuming:  # nothing to lose: check_out_dir made sure
+        config = os.path.join(cfg.out, "config.json")
+        if os.path.exists(config):  # absent when killed before writing it
+            with open(config) as f:
+                check_resumable(json.load(f), cfg)
         if ctx.is_main:
             print(f"no {last} yet: starting the run in {cfg.out} from the beginning")
     if resuming:
