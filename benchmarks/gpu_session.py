@@ -63,7 +63,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from . import wheels
-from .wheels import installed_version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,8 +174,8 @@ def environment(device: str, argv: list[str], budget_s: float, dry_run: bool) ->
     return {
         "device": name, "device_type": device, "gpu_count": torch.cuda.device_count(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-        "triton": installed_version("triton"),
-        "torchattacks": installed_version("torchattacks"),
+        "triton": wheels.installed_version("triton"),
+        "torchattacks": wheels.installed_version("torchattacks"),
         "python": platform.python_version(), "host": platform.node(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": git("rev-parse", "HEAD"),
@@ -217,7 +216,7 @@ def torchattacks_note(env: dict) -> str:
             "(bring it with --wheels)")
 
 
-def pieces(out: str, dry_run: bool, wheels: str | None = None) -> list[Piece]:
+def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]:
     """The session's pieces, in the order of what they are worth: the wheels and the build
     (nothing runs without them), correctness, then the op, attack and training throughput,
     then the rest. Full sizes on CUDA, or tiny ones on the CPU for --dry-run."""
@@ -227,8 +226,8 @@ def pieces(out: str, dry_run: bool, wheels: str | None = None) -> list[Piece]:
     quick = ["--quick"] if dry_run else []
 
     install = Piece("wheels", "the carried wheels the node lacks, installed offline",
-                    None if wheels is None else
-                    [py, "-m", "benchmarks.wheels", "install", os.path.abspath(wheels)],
+                    None if wheel_dir is None else
+                    [py, "-m", "benchmarks.wheels", "install", os.path.abspath(wheel_dir)],
                     0.03, 10, skip_reason="no --wheels: the packages installed here are used")
 
     # --no-index: whatever pip's configuration says, the build reaches for no network.
@@ -568,7 +567,7 @@ def reserve_s(budget_s: float) -> float:
 
 
 def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list[str],
-            wheels: str | None = None, archive: str | None = None) -> list[Result]:
+            wheel_dir: str | None = None, archive: str | None = None) -> list[Result]:
     start = time.monotonic()
     os.makedirs(out, exist_ok=True)
     device = "cpu" if dry_run else "cuda"
@@ -576,7 +575,7 @@ def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list
     for name in ("TRITON_INTERPRET", "FASTADV_BACKEND"):
         if os.environ.get(name):
             env[f"ignored_{name}"] = os.environ[name]  # unset for every piece
-    plan = pieces(out, dry_run, wheels)
+    plan = pieces(out, dry_run, wheel_dir)
     for p in plan:
         if p.name in skip:
             p.command, p.skip_reason = None, "--skip"
@@ -600,7 +599,7 @@ def session(out: str, budget_s: float, dry_run: bool, skip: set[str], argv: list
         result = run_piece(piece, out, timeout, why)
         results.append(result)
         if piece.name == "wheels":
-            env["torchattacks"] = installed_version("torchattacks")
+            env["torchattacks"] = wheels.installed_version("torchattacks")
         print(f"    {result.status} in {result.duration_s:.1f} s"
               + (f": {result.reason}" if result.reason else "")
               + (f" ({result.note})" if result.note else ""), flush=True)

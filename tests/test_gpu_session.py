@@ -54,7 +54,7 @@ def test_each_outcome_is_recorded_and_the_rest_still_runs(tmp_path, monkeypatch)
         Piece("ok", "passes", [PY, "-c", "print('| a |'); print('|---|')"], 0.2, 0),
         Piece("starved", "needs more time than is left", [PY, "-c", "pass"], 0.01, 1000),
     ]
-    monkeypatch.setattr(gpu_session, "pieces", lambda out, dry_run, wheels=None: fake)
+    monkeypatch.setattr(gpu_session, "pieces", lambda out, dry_run, wheel_dir=None: fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # never reaches a piece
     archive = tmp_path.parent / f"{tmp_path.name}.tar.gz"
     gpu_session.session(str(tmp_path), 20, True, set(), ["--out", str(tmp_path)],
@@ -153,7 +153,7 @@ def test_the_gpu_commands_parse(tmp_path, monkeypatch):
 def test_the_default_budget_fits_a_600_s_command_and_every_piece_its_minimum(tmp_path):
     budget = gpu_session.DEFAULT_BUDGET_S
     assert budget + 45 <= 600  # Python's start, the outputs' copy and a margin stay outside
-    plan = gpu_session.pieces(str(tmp_path), dry_run=False, wheels=str(tmp_path))
+    plan = gpu_session.pieces(str(tmp_path), dry_run=False, wheel_dir=str(tmp_path))
     planned = gpu_session.planned_timeouts(plan, budget)
     assert sum(planned.values()) + gpu_session.reserve_s(budget) == pytest.approx(budget)
     for piece in plan:  # even if every earlier piece used all of its share
