@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from fastadv._io import device_name  # noqa: F401 - the suites import it from here
+from fastadv.devices import device_name  # noqa: F401 - the suites import it from here
 
 
 @dataclass(frozen=True)

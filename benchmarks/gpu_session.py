@@ -68,13 +68,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The GPU tests: every op on every CUDA backend, opcheck and torch.compile, CUDA graphs, and
 # the backend choice. The CPU cases are CI's (the -k filter drops them here).
-GPU_TESTS = ["tests/test_pgd_linf.py", "tests/test_pgd_l2.py", "tests/test_random_init.py",
-             "tests/test_keep_best.py", "tests/test_registration.py", "tests/test_cuda.py",
-             "tests/test_backend_choice.py", "tests/test_validation.py",
-             "tests/test_compile_path.py"]
+GPU_TESTS = [f"tests/ops/test_{name}.py" for name in (
+    "pgd_linf", "pgd_l2", "random_init", "keep_best", "registration", "cuda", "backend_choice",
+    "validation", "compile_path")]
 NOT_CPU_CASES = "not cpu-cpp and not cpu-torch and not cpu-triton"
-MEMCHECK_TESTS = ["tests/test_pgd_linf.py", "tests/test_pgd_l2.py", "tests/test_random_init.py",
-                  "tests/test_keep_best.py"]
+MEMCHECK_TESTS = [f"tests/ops/test_{name}.py" for name in (
+    "pgd_linf", "pgd_l2", "random_init", "keep_best")]
 MEMCHECK_EXIT = 86  # compute-sanitizer's exit status when it found errors
 # Kept back from the pieces: ending a timed-out piece (up to 10 s) and writing the summary.
 RESERVE_S = 20
@@ -250,7 +249,7 @@ def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]
     # -v: one line per test, so that a run cut short by its timeout still says what passed.
     pytest = [py, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE", "--durations=15"]
     if dry_run:  # a handful of CPU cases: the machinery, not the coverage (CI runs it all)
-        test_cmd = [*pytest, "tests/test_pgd_linf.py", "tests/test_cuda.py",
+        test_cmd = [*pytest, "tests/ops/test_pgd_linf.py", "tests/ops/test_cuda.py",
                     "-k", "test_matches_reference and cpu-cpp and float32 or test_cuda"]
     else:
         test_cmd = [*pytest, *GPU_TESTS, "-k", NOT_CPU_CASES]

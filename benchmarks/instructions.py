@@ -1,6 +1,6 @@
 """Instructions per call (and per element) of the op micro-benchmark, counted by valgrind's
 callgrind: a figure that does not move with the load on a noisy machine, so that a change in
-a kernel's cost shows as a stable number (issue 16).
+a kernel's cost shows as a stable number.
 
     python -m benchmarks.instructions [--shape 128x3x32x32] [--impl fastadv eager call] [--calls 20]
 

@@ -2,6 +2,7 @@
 plain tensor copy measured in the same run (the memory roofline a fused step can approach).
 
     python -m benchmarks.op --device cpu [--quick] [--json benchmarks/results/op-cpu.json]
+    python -m benchmarks.op --device cpu --call-overhead   # the call-overhead table alone
 
 Bandwidth counts the bytes the fused op must move: read x_adv, grad, x_nat, write x_adv
 (for the copy: read and write once). GB/s and "of copy" use the min time; the eager ratio is
@@ -10,16 +11,17 @@ times bimodal (page faults when malloc returns fresh memory).
 
 ``compile`` is ``torch.compile`` of the same formula written in place (Inductor fuses it into
 one C++ loop on the CPU, one Triton kernel on a GPU); its compile time is given apart from
-its steady-state time. The call-overhead table times one call on a 2x3x4x4 tensor (the host
-cost a ~5 µs GPU step cannot hide): ``torch.add``, the registered op called directly, and
-the public ``fastadv.pgd_`` with float ε/α (its C++ fast path on the CPU), the same call by
-the Python path, with (the same, reused) tensor ε/α, and the fast path's C++ function alone.
+its steady-state time. The call-overhead table times one call on a 2x3x4x4 tensor, the host
+cost a small GPU step cannot hide: ``torch.add``, the eager formula, the registered op called
+directly, and the public ``fastadv.pgd_`` with float ε/α, with (the same, reused) tensor ε/α,
+and with float ε/α and its kernel stubbed out (the op layer's own host time: checks,
+dispatch, backend choice, layout; what a CUDA call pays on top of the kernel launch,
+measurable without a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 import timeit
@@ -130,15 +132,9 @@ def run(device: torch.device, shapes, dtype=torch.float32, repeats=20) -> list[R
 OVERHEAD_SHAPE = (2, 3, 4, 4)
 
 
-@contextlib.contextmanager
-def _python_path(on: bool):
-    """pgd_ without its C++ fast path (as before it, or where it declines a call)."""
-    if not on:
-        yield
-        return
-    with mock.patch.object(fastadv.ops, "_fast_step", None), \
-            mock.patch.object(fastadv.ops, "_find_fast_step", lambda: None):
-        yield
+def _no_kernel(backend: str, name: str):
+    """A kernel launcher that launches nothing (for the stubbed-kernel row)."""
+    return lambda *args: None
 
 
 def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -> list[Row]:
@@ -150,7 +146,7 @@ def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -
     batch = OVERHEAD_SHAPE[0]
     eps_t = torch.full((batch,), EPS, device=device)
     alpha_t = torch.full((batch,), ALPHA, device=device)
-    args = fastadv.ops._step_args(x_adv, grad, x_nat, EPS, ALPHA, 0.0, 1.0, "linf")
+    args = (x_adv, grad, x_nat, *fastadv.ops.ball_args(x_adv, EPS, ALPHA, 0.0, 1.0, "linf"))
 
     def float_eps():
         fastadv.pgd_(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA)
@@ -158,21 +154,18 @@ def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -
     calls = {
         "call: torch.add": lambda: torch.add(x_adv, grad),
         "call: torch.add(out=)": lambda: torch.add(x_adv, grad, out=out),
+        "call: eager formula": lambda: eager_linf_step(x_adv, grad, x_nat),
         "call: torch.ops.fastadv.pgd_": lambda: torch.ops.fastadv.pgd_(*args),
         "call: fastadv.pgd_ (float eps)": float_eps,
-        "call: fastadv.pgd_ (float eps, Python path)": float_eps,
+        "call: fastadv.pgd_ (float eps, kernel stubbed)": float_eps,
         "call: fastadv.pgd_ (tensor eps)": lambda: fastadv.pgd_(x_adv, grad, x_nat,
                                                                 eps=eps_t, alpha=alpha_t),
     }
-    float_eps()  # makes the backend choice, which loads the C++ fast path where there is one
-    fast = fastadv.ops._fast_step
-    if fast is not None and device.type == "cpu":
-        chosen = backends._chosen
-        calls["call: fastadv._C._linf_step_fast"] = lambda: fast(
-            x_adv, grad, x_nat, EPS, ALPHA, 0.0, 1.0, "linf", chosen)
+    float_eps()  # the backend choice is made (and kept, also with the kernel stubbed)
     times = {}
     for impl, fn in calls.items():
-        with _python_path(impl.endswith("Python path)")):
+        kernel = _no_kernel if impl.endswith("kernel stubbed)") else fastadv.ops._kernel
+        with mock.patch.object(fastadv.ops, "_kernel", kernel):
             fn()
             samples = [t / number for t in timeit.repeat(fn, number=number, repeat=repeats)]
         times[impl] = (min(samples), sorted(samples)[len(samples) // 2])
@@ -185,14 +178,14 @@ def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -
 
 
 def markdown(rows: list[Row], env: dict) -> str:
-    lines = [f"`pgd_` (l-inf step) on {env['device']}, torch {env['torch']}, {env['date'][:10]}",
-             "", "| shape | dtype | impl | min µs | median µs | GB/s | of copy "
-             "| vs eager (min) | vs eager (median) | compile s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"`pgd_` (l-inf step) on {env['device']}, torch {env['torch']}, {env['date'][:10]}"]
     calls = [r for r in rows if r.impl.startswith("call: ")]
-    for r in rows:
-        if r in calls:
-            continue
+    steps = [r for r in rows if r not in calls]
+    if steps or not calls:
+        lines += ["", "| shape | dtype | impl | min µs | median µs | GB/s | of copy "
+                  "| vs eager (min) | vs eager (median) | compile s |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in steps:
         compile_s = f"{r.compile_s:.1f}" if r.compile_s is not None else ""
         lines.append(f"| {r.shape} | {r.dtype} | {r.impl} | {r.min_us:.1f} | {r.median_us:.1f} "
                      f"| {r.gb_per_s:.1f} | {r.fraction_of_copy:.0%} | {r.speedup_vs_eager:.2f}× "
@@ -206,15 +199,18 @@ def markdown(rows: list[Row], env: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="two small shapes, few repeats")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--call-overhead", action="store_true",
+                        help="only the call-overhead table (host time of one call)")
     parser.add_argument("--json", help="write the results here (JSON)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     shapes = QUICK_SHAPES if args.quick else tuple(SHAPES)
-    rows = run(device, shapes, getattr(torch, args.dtype), repeats=5 if args.quick else 30)
+    rows = [] if args.call_overhead else run(device, shapes, getattr(torch, args.dtype),
+                                             repeats=5 if args.quick else 30)
     rows += call_overhead(device, number=500 if args.quick else 2000,
                           repeats=5 if args.quick else 15)
     report("op", device, rows, markdown, args.json)

@@ -3,14 +3,11 @@
 // derives the layout and calls them (CPU impls in cpu/, CUDA impls in cuda/).
 #include <Python.h>
 #include <torch/library.h>
-#include "cpu/fast_step.h"
 
 extern "C" {
-// Importing fastadv._C runs the static registrations below. Its one function is the fast
-// path of fastadv.pgd_ (cpu/fast_step.cpp).
+// Importing fastadv._C runs the static registrations below; the module has no functions.
 PyObject* PyInit__C(void) {
-  static PyMethodDef methods[] = {fastadv::cpu::fast_step_method(), {nullptr, nullptr, 0, nullptr}};
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }

@@ -11,15 +11,15 @@ CUDA C++ or CPU C++ kernels where available and on a PyTorch reference otherwise
 """
 
 from . import backends
+from ._version import __version__
 from .attacks import PGD, AttackInfo, GraphedPGD, fgsm, fgsm_rs, pgd
 from .checkpoint import load_model
 from .eval import evaluate
 from .ops import keep_best_, pgd_, pgd_step, random_init_
 from .train.fit import FitResult, fit, load_weights
 
-__version__ = "0.1.0"
 
 __all__ = [
-    "PGD", "AttackInfo", "FitResult", "GraphedPGD", "backends", "evaluate", "fgsm", "fgsm_rs",
+    "__version__", "PGD", "AttackInfo", "FitResult", "GraphedPGD", "backends", "evaluate", "fgsm", "fgsm_rs",
     "fit", "keep_best_", "load_model", "load_weights", "pgd", "pgd_", "pgd_step", "random_init_",
 ]

@@ -1,5 +1,5 @@
-"""Small shared utilities: atomic writes (a reader, or a run resumed after a kill, sees the
-old file or the new one, never half of one) and naming the device numbers were measured on."""
+"""Atomic writes: a reader, or a run resumed after a kill, sees the old file or the new one,
+never half of one."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ import contextlib
 import io
 import json
 import os
-import platform
 import signal
-
-import torch
-
 
 # Tests kill a writer inside a write through this: "N" makes the N-th atomic write of the
 # process SIGKILL itself once half of the temp file is on disk (tests/test_faults.py).
@@ -29,7 +25,7 @@ class WriteError(OSError):
 
 def temp_path(path: str, pid: int | None = None) -> str:
     """The temp file an atomic write of ``path`` goes through: ``.NAME.PID.tmp`` beside it
-    (:mod:`fastadv._rundir` removes those whose writer is dead)."""
+    (:mod:`fastadv._outdir` removes those whose writer is dead)."""
     directory, name = os.path.split(os.path.abspath(path))
     return os.path.join(directory, f".{name}.{os.getpid() if pid is None else pid}.tmp")
 
@@ -91,35 +87,3 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def write_json(path: str, obj, **dump_args) -> None:
     write_atomic(path, (json.dumps(obj, **{"indent": 1, **dump_args}) + "\n").encode())
-
-
-def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
-    """``name`` (default: cuda when available, else cpu) as a device that exists here; a
-    ValueError naming ``flag`` otherwise."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"{flag} must be cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{flag} must be cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{flag} {name}: no CUDA device is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and the threads torch uses."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model} ({torch.get_num_threads()} threads)"

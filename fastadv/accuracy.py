@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import attack_mode, pgd
-from .attacks.pgd import precision_autocast
+from .attacks.core import precision_autocast
 
 
 def clean_and_pgd_correct(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int,

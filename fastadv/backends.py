@@ -1,7 +1,7 @@
 """Which kernel backends this install has, and which one an op uses on a device.
 
-Preference per device (DESIGN.md): CUDA → the faster of Triton and CUDA C++, then the
-other, then the PyTorch reference; CPU → the C++ kernels, then the reference.
+Preference per device (see docs/ARCHITECTURE.md): CUDA → the faster of Triton and CUDA C++,
+then the other, then the PyTorch reference; CPU → the C++ kernels, then the reference.
 ``FASTADV_BACKEND=triton|cuda|cpp|torch`` forces one (an error if it cannot run there).
 
 A choice below the best on CUDA is never silent: it raises one :class:`BackendWarning` per

@@ -126,3 +126,19 @@ def load_model(path: str, device: str | torch.device | None = None) -> nn.Module
     in eval mode, on ``device`` (default: CPU), taking inputs ``[B, C, H, W]`` in [0, 1]
     (it normalises inside)."""
     return model_from_checkpoint(load_checkpoint(path), device)
+
+
+def checkpoint_state(path: str) -> str:
+    """Where the checkpoint at ``path`` stands, checked by loading it: 'intact (epoch 2 done,
+    batch 14 of epoch 3)', or why it is not usable."""
+    if not os.path.exists(path):
+        return "not written yet"
+    try:
+        progress = load_checkpoint(path)["progress"]
+    except (OSError, ValueError, KeyError) as exc:
+        return f"not usable ({exc})"
+    done, batch = progress["epoch"], progress["step_in_epoch"]
+    where = f"{done} epoch{'s' if done != 1 else ''} done"
+    if batch:
+        where += f", batch {batch} of epoch {done + 1}"
+    return f"intact ({where})"

@@ -7,7 +7,8 @@ import warnings
 
 import torch
 
-from . import __version__, backends
+from . import backends
+from ._version import __version__
 
 
 def build_info() -> dict:

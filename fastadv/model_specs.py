@@ -1,4 +1,4 @@
-"""Models named by a spec string rather than one of ``fastadv.models.MODELS``.
+"""Models named by a spec string rather than a built-in name (``fastadv.models.MODELS``).
 
 ``--model`` accepts, besides the built-in names:
 
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .models import MODELS, Normalize, _per_channel
+from .nn import Normalized, per_channel
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _FACTORY = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
@@ -47,7 +47,7 @@ def is_model_spec(text: str) -> bool:
     """True when ``text`` is meant as a spec rather than a built-in model name: it contains a
     colon (``torchvision:NAME``, ``timm:NAME``, ``package.module:factory``). Whether it is
     well formed is ``check_spec_syntax``'s job, so ``"torchvision:"`` is a spec (a bad one)."""
-    return isinstance(text, str) and ":" in text and text not in MODELS
+    return isinstance(text, str) and ":" in text
 
 
 def check_spec_syntax(text: str) -> None:
@@ -61,7 +61,7 @@ def _parse(text: str) -> tuple[str, str, str]:
     the factory's module path ("" for the libraries)."""
     if not isinstance(text, str) or ":" not in text:
         raise ModelSpecError(f"--model {text!r} is not a model spec: write one of {_FORMS}, "
-                             f"or a built-in model ({', '.join(MODELS)})")
+                             "or a built-in model name")
     prefix, _, name = text.partition(":")
     if prefix in ("torchvision", "timm"):
         example = "resnet18"
@@ -90,20 +90,6 @@ def _library_typo(text: str) -> str:
     return f" (did you mean {close[0]}:{name}?)" if close else ""
 
 
-class Normalized(nn.Module):
-    """``net`` behind a per-channel ``Normalize``: takes x in [0, 1], ``[B, C, H, W]``, and
-    returns ``net((x - mean) / std)``. Lets any model follow fastadv's [0, 1]-input convention;
-    the statistics are buffers, so they are saved and moved with the model."""
-
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.net = net
-
-    def forward(self, x):
-        return self.net(self.normalize(x))
-
-
 def build_from_spec(spec: str, *, num_classes: int, in_channels: int = 3,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     pretrained: bool = False) -> nn.Module:
@@ -129,7 +115,7 @@ def build_from_spec(spec: str, *, num_classes: int, in_channels: int = 3,
         net = _factory(spec, module, name, num_classes, pretrained)
     if mean is None:
         return net
-    return Normalized(net, _per_channel(mean, in_channels), _per_channel(std, in_channels))
+    return Normalized(net, per_channel(mean, in_channels), per_channel(std, in_channels))
 
 
 # ---------------------------------------------------------------------------- torchvision

@@ -8,23 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model_specs import build_from_spec, is_model_spec
+from .nn import Normalize, per_channel
+
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std per channel; mean and std are buffers (saved, moved with the model)."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
 
 
 class SmallCNN(nn.Module):
@@ -33,7 +23,7 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels=1, num_classes=10, width=1, mean=(0.5,), std=(0.5,)):
         super().__init__()
         c1, c2 = 16 * width, 32 * width
-        self.normalize = Normalize(_per_channel(mean, in_channels), _per_channel(std, in_channels))
+        self.normalize = Normalize(per_channel(mean, in_channels), per_channel(std, in_channels))
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1, stride=2), nn.ReLU(),
@@ -125,7 +115,7 @@ class MadryCNN(nn.Module):
                  std=(1.0,)):
         super().__init__()
         c1, c2, hidden = 2 * width, 4 * width, 64 * width
-        self.normalize = Normalize(_per_channel(mean, in_channels), _per_channel(std, in_channels))
+        self.normalize = Normalize(per_channel(mean, in_channels), per_channel(std, in_channels))
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
@@ -138,27 +128,23 @@ class MadryCNN(nn.Module):
         return self.head(self.features(self.normalize(x)))
 
 
-def _per_channel(values: Sequence[float], channels: int) -> tuple:
-    return tuple(values) * channels if len(values) == 1 else tuple(values)
-
-
 MODELS = ("preact-resnet18", "wrn-34-10", "madry-cnn", "small-cnn")
 
 
 def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
-                width: int | None = None) -> nn.Module:
+                width: int | None = None, pretrained: bool = False) -> nn.Module:
     """One of ``MODELS`` for inputs ``[B, in_channels, image_size, image_size]`` in [0, 1],
     normalising with the dataset's per-channel ``mean``/``std`` inside. ``width`` scales the
     small CNNs (capacity studies); the ResNets have fixed widths. ``name`` may also be a
     model spec (torchvision:NAME, timm:NAME, package.module:factory; see
-    fastadv.model_specs), built without pretrained weights: a checkpoint's fill it."""
-    mean, std = _per_channel(mean, in_channels), _per_channel(std, in_channels)
-    if ":" in name:
-        from .model_specs import build_from_spec
-
+    fastadv.model_specs); ``pretrained`` applies to torchvision: and timm: specs (their
+    weights from the local cache), and a checkpoint rebuilds without it (its weights fill
+    the model)."""
+    mean, std = per_channel(mean, in_channels), per_channel(std, in_channels)
+    if is_model_spec(name):
         return build_from_spec(name, num_classes=num_classes, in_channels=in_channels,
-                               mean=mean, std=std)
+                               mean=mean, std=std, pretrained=pretrained)
     if name == "preact-resnet18":
         return PreActResNet18(num_classes, mean, std, in_channels)
     if name == "wrn-34-10":

@@ -1,10 +1,11 @@
 """fastadv's ops: the public functions (validate, then call the registered op) and their
 ``torch.library`` registrations (pick a backend, lay the tensors out for it, launch).
 
-This module is the one place that checks arguments and dispatches; the kernels in
-``kernels/`` (Triton) and ``csrc/`` (C++/CUDA) and the reference in ``reference.py`` trust it.
-The one exception, ``pgd_``'s C++ fast path (``csrc/cpu/fast_step.cpp``), makes the same
-checks for the one case it takes and leaves every other call to this module.
+Each public function has one call path: it checks its arguments once (``_checks``), then
+calls the registered op ``torch.ops.fastadv.<op>``, whose implementation picks a backend
+(``backends``) and launches its kernel. The kernels in ``kernels/`` (Triton) and ``csrc/``
+(C++/CUDA) and the reference in ``reference.py`` trust these checks for the values; the C++
+entry points keep their own memory-safety checks (``csrc/checks.h``).
 """
 
 import functools
@@ -89,8 +90,9 @@ def _launch_flat_with(launch, x: Tensor, reads: list, *params) -> None:
 
 
 def _check_devices(op: str, written: Tensor, **others: Optional[Tensor]) -> None:
-    """The raw ops check devices too (a kernel handed a CPU seed for a CUDA x would read host
-    memory on the GPU), before any backend runs: a Triton failure here is no kernel's fault."""
+    """Every tensor on the written tensor's device, checked before any backend runs (a kernel
+    handed a CPU seed for a CUDA x would read host memory on the GPU)."""
+    # Here only for the Triton kernels, launched from Python without csrc/checks.h.
     for name, t in others.items():
         if t is not None and t.device != written.device:
             raise ValueError(f"fastadv::{op}: {name} is on {t.device} but the tensor written is "
@@ -111,8 +113,7 @@ def _scalar_or_tensor(per: Optional[Tensor], value: float):
 # --------------------------------------------------------------------------- registered ops
 #
 # Defined with torch.library.Library rather than @custom_op: the same registrations (schema,
-# fake, autograd) at ~2 µs of dispatch per call instead of ~9 µs, which matters for a step
-# that takes tens of µs on small batches.
+# fake, autograd) with less Python work per dispatch, which a small step cannot hide.
 
 _LIB = torch.library.Library("fastadv", "FRAGMENT")  # csrc/ owns the kernel ops' DEF block
 _STEP_ARGS = ("Tensor grad, Tensor x_nat, Tensor? eps_per_example, float eps, "
@@ -356,43 +357,9 @@ def ball_args(x_adv: Tensor, eps, alpha, lower, upper, norm) -> tuple:
 
 
 def _step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm) -> tuple:
+    """The registered step ops' arguments, checked: the three tensors, then ``ball_args``."""
     _checks.step_tensors(x_adv, grad, x_nat)
-    ball = _checks.float_ball(eps, alpha, lower, upper, norm)
-    if ball is None:
-        ball = ball_args(x_adv, eps, alpha, lower, upper, norm)
-    return (x_adv, grad, x_nat, *ball)
-
-
-_is_compiling = torch.compiler.is_compiling
-_dispatch_modes = torch._C._len_torch_dispatch_stack
-_function_mode = torch._C._is_torch_function_mode_enabled
-_functorch_active = torch._C._are_functorch_transforms_active
-
-
-def _plain_eager(*tensors: Tensor) -> bool:
-    """True when a call may run the op's implementation without the dispatcher round trip
-    (~4 µs of boxing 12 arguments into Python): eager, plain tensors, and no mode or
-    transform that must see the op (torch.compile, make_fx, FakeTensorMode, vmap,
-    functionalize, a TorchFunctionMode). What runs is the same implementation."""
-    return (not _is_compiling() and not _dispatch_modes() and not _function_mode()
-            and not _functorch_active() and all(type(t) is Tensor for t in tensors))
-
-
-# fastadv._C._linf_step_fast (csrc/cpu/fast_step.cpp): the common pgd_ call (plain CPU
-# tensors, number eps/alpha/bounds, l-inf, eager, the C++ backend chosen) checked and run in
-# one C++ call, ~0.4 µs instead of ~14 on a 2x3x4x4 tensor. It returns False, having written
-# nothing, for any other call, a bad one included: the path below then runs and raises.
-# Looked up after the first eager step, whose backend choice loads the extension (importing
-# fastadv does not); the check of torch.compile comes first so that Dynamo never reads it.
-_fast_step = None
-
-
-def _find_fast_step() -> None:
-    global _fast_step
-    if backends.has_extension():
-        from . import _C
-
-        _fast_step = getattr(_C, "_linf_step_fast", None)  # None: an extension built before it
+    return (x_adv, grad, x_nat, *ball_args(x_adv, eps, alpha, lower, upper, norm))
 
 
 def pgd_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps, alpha, lower=0.0, upper=1.0,
@@ -424,21 +391,9 @@ def pgd_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps, alpha, lower=0.0, u
     optimizer step. Raises ``TypeError``/``ValueError`` naming the bad argument before
     anything is written.
     """
-    if (not _is_compiling() and _fast_step is not None
-            and _fast_step(x_adv, grad, x_nat, eps, alpha, lower, upper, norm, backends._chosen)):
-        return x_adv
     args = _step_args(x_adv, grad, x_nat, eps, alpha, lower, upper, norm)
-    if _plain_eager(x_adv, grad, x_nat):
-        if x_adv.requires_grad or grad.requires_grad or x_nat.requires_grad:
-            with torch.no_grad():
-                _pgd_op(*args)
-        else:  # no_grad's context manager costs ~1 µs, and nothing would be recorded
-            _pgd_op(*args)
-        if _fast_step is None:  # the choice above has loaded the extension, if there is one
-            _find_fast_step()
-    else:
-        with torch.no_grad():
-            torch.ops.fastadv.pgd_(*args)
+    with torch.no_grad():
+        torch.ops.fastadv.pgd_(*args)
     return x_adv
 
 

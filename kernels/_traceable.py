@@ -1,4 +1,4 @@
-"""Launching a kernel so that torch.compile can trace the launch (issue 16).
+"""Launching a kernel so that torch.compile can trace the launch.
 
 A launch from eager code runs the kernel directly. A launch while a tracer runs the op's
 body (torch.compile's AOT tracing decomposes ``fastadv::_pgd_triton_``, make_fx, fake

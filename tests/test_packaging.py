@@ -17,6 +17,7 @@ for blocked in {blocked!r}:
 import torch, fastadv
 from fastadv import backends
 print("BACKENDS", ",".join(backends.available("cpu")))
+print("SELECTED", backends.select("cpu", "linf_step"))
 x_nat = torch.rand(2, 3, 4, 4)
 x = fastadv.random_init_(torch.empty_like(x_nat), x_nat, eps=0.1)
 fastadv.pgd_(x, torch.randn_like(x), x_nat, eps=0.1, alpha=0.05)
@@ -33,7 +34,7 @@ def _run(code, **env):
 
 
 @pytest.mark.parametrize("blocked, expected", [
-    ((), None),
+    ((), "cpp" if backends.has_extension() else "torch"),
     (("fastadv._C",), "torch"),
     (("fastadv._C", "triton"), "torch"),
 ], ids=["everything", "no-extension", "no-extension-no-triton"])
@@ -41,9 +42,9 @@ def test_works_with_what_is_installed(blocked, expected):
     result = _run(SCRIPT.format(blocked=blocked), TRITON_INTERPRET="0")
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
-    line = next(line for line in result.stdout.splitlines() if line.startswith("BACKENDS"))
-    if expected is not None:
-        assert line.split()[1] == expected
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert lines["BACKENDS"].split(",")[0] == expected
+    assert lines["SELECTED"] == expected
 
 
 def test_info_reports_backends():

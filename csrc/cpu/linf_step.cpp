@@ -4,7 +4,6 @@
 #include "../checks.h"
 #include "../op_args.h"
 #include "dispatch.h"
-#include "linf_step.h"
 #include "walk.h"
 
 namespace fastadv::cpu {
@@ -54,17 +53,6 @@ void linf_step_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor
 }
 
 }  // namespace
-
-void linf_step_uniform(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat,
-                       double eps, double alpha, double lower, double upper) {
-  if (x.numel() == 0) return;
-  // One parameter set for every element: the walk needs no example or channel structure,
-  // so any memory order the three tensors share is walked as one flat run.
-  const Layout layout{x.numel(), x.numel(), 1, 1};
-  const BallParams p{per_index(std::nullopt, eps), per_index(std::nullopt, alpha),
-                     per_index(std::nullopt, lower), per_index(std::nullopt, upper)};
-  linf_walk(x, grad, x_nat, layout, p);
-}
 
 TORCH_LIBRARY_IMPL(fastadv, CPU, m) { m.impl("_linf_step_kernel_", &linf_step_cpu); }
 

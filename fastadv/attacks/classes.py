@@ -6,18 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..models import Normalize
+from ..nn import Normalized
 from .pgd import pgd
-
-
-class _Normalized(nn.Module):
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.model = model
-
-    def forward(self, x):
-        return self.model(self.normalize(x))
 
 
 class PGD:
@@ -46,7 +36,7 @@ class PGD:
     def set_normalization_used(self, mean: Sequence[float], std: Sequence[float]) -> None:
         if mean is None or std is None or len(mean) != len(std):
             raise ValueError("mean and std must both be given, one value per channel")
-        self._target = _Normalized(self.model, mean, std)
+        self._target = Normalized(self.model, mean, std)
         param = next(self.model.parameters(), None)
         if param is not None:
             self._target.to(param.device)

@@ -8,7 +8,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from .pgd import PRECISIONS, _check_inputs, _Config, attack_chunk, attack_mode
+from .core import PRECISIONS, AttackConfig, attack_chunk, attack_mode, check_inputs
 
 
 class GraphedPGD:
@@ -44,7 +44,7 @@ class GraphedPGD:
         # The cache below holds its GraphedPGDs weakly keyed by the model: a strong reference
         # back to the model would keep it (and its graphs' memory) alive forever.
         self._model = weakref.ref(model) if _weak_model else (lambda: model)
-        self.cfg = _Config(eps, alpha, steps, norm, random_start, loss, targeted, lower, upper,
+        self.cfg = AttackConfig(eps, alpha, steps, norm, random_start, loss, targeted, lower, upper,
                            precision, None)
         self.eval_mode = eval_mode
         self.warmup = warmup
@@ -78,7 +78,7 @@ class GraphedPGD:
     def __call__(self, x: Tensor, y: Tensor):
         if x.device.type != "cuda":
             raise ValueError(f"a CUDA-graphed attack needs CUDA tensors, got x on {x.device}")
-        x, y, *_ = _check_inputs(self.model, x, y, self.cfg.eps, self.cfg.alpha, self.cfg.steps,
+        x, y, *_ = check_inputs(self.model, x, y, self.cfg.eps, self.cfg.alpha, self.cfg.steps,
                                  1, self.cfg.norm, self.cfg.loss, self.cfg.targeted,
                                  self.cfg.lower, self.cfg.upper, self.cfg.precision, None)
         key = self._key(x, y)
@@ -103,7 +103,7 @@ class GraphedPGD:
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def graphed_chunk_fn(model: nn.Module, x: Tensor, cfg: _Config):
+def graphed_chunk_fn(model: nn.Module, x: Tensor, cfg: AttackConfig):
     """The chunk function fastadv.pgd(cuda_graph=True) uses: one GraphedPGD per model and
     attack configuration, reused across calls."""
     if x.device.type != "cuda":

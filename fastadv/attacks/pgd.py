@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .. import _checks, reference
-from ..ops import ball_args, keep_best_, random_init_
-from .losses import LOSSES, objective
+from ..ops import keep_best_
+from .core import (AttackConfig, attack_chunk, attack_mode, check_inputs,
+                   model_is_channels_last)
+from .graphed import graphed_chunk_fn
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # Fewest rows per forward pass on a CPU when batching restarts (see pgd's max_batch).
 CPU_MIN_BATCH = 64
 
@@ -32,119 +32,6 @@ class AttackInfo:
     loss: Tensor  # [B] float32
     fooled: Tensor  # [B] bool
     restart: Tensor  # [B] int64
-
-
-@dataclass(frozen=True)
-class _Config:
-    eps: float | Tensor  # float, or fp32 [B] on x's device
-    alpha: float | Tensor
-    steps: int
-    norm: str
-    random_start: bool
-    loss: str
-    targeted: bool
-    lower: float | Tensor
-    upper: float | Tensor
-    precision: str
-    generator: torch.Generator | None
-
-
-# --------------------------------------------------------------------------- model handling
-
-
-@contextlib.contextmanager
-def attack_mode(model: nn.Module, *, eval_mode: bool = True, input_grad_only: bool = True):
-    """While attacking: every submodule in eval mode (if eval_mode) and every parameter with
-    requires_grad=False (if input_grad_only), so backward computes no weight gradients and
-    leaves ``.grad`` alone; both restored afterwards, module by module."""
-    modes = [(m, m.training) for m in model.modules()]
-    frozen = [p for p in model.parameters() if p.requires_grad] if input_grad_only else []
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
-        if eval_mode:
-            model.eval()
-        yield model
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        for m, training in modes:
-            m.training = training
-
-
-def model_is_channels_last(model: nn.Module) -> bool:
-    for p in model.parameters():
-        if p.dim() == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    return False
-
-
-def precision_autocast(device_type: str, precision: str):
-    """The autocast context of ``precision`` ("fp32": none, "bf16": bfloat16)."""
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
-
-
-def _logits(model, x: Tensor, precision: str) -> Tensor:
-    with precision_autocast(x.device.type, precision):
-        logits = model(x)
-    return logits.float()
-
-
-def _fooled(logits: Tensor, y: Tensor, targeted: bool) -> Tensor:
-    pred = logits.argmax(dim=1)
-    return pred == y if targeted else pred != y
-
-
-# --------------------------------------------------------------------------- one chunk
-
-
-def _l2_random_init_(x_adv: Tensor, x_nat: Tensor, eps, lower, upper, generator) -> Tensor:
-    """A uniform direction at radius eps·U(0, 1), clipped (torchattacks' l2 random start)."""
-    source = generator.device if generator is not None else x_nat.device
-    noise = torch.randn(x_nat.shape, generator=generator, device=source).to(x_nat.device)
-    radius = torch.rand(len(x_nat), generator=generator, device=source).to(x_nat.device)
-    norms = noise.reshape(len(noise), -1).norm(dim=1).clamp_min(1e-12)
-    scale = (radius / norms).view(-1, *[1] * (x_nat.dim() - 1))
-    delta = noise * scale * reference.per_example(eps, x_nat, torch.float32)
-    lo = reference.per_channel(lower, x_nat, torch.float32)
-    hi = reference.per_channel(upper, x_nat, torch.float32)
-    return x_adv.copy_(reference.clamp(x_nat + delta, lo, hi))
-
-
-def attack_chunk(model, x_nat: Tensor, y: Tensor, cfg: _Config, evaluate: bool = True):
-    """K PGD steps on one batch (no restarts): returns (x_adv, objective [n], fooled [n]), the
-    last two from one more forward pass, or None without `evaluate` (nothing to compare
-    against with a single restart). Free of host synchronisation, so it can be captured in a
-    CUDA graph."""
-    x_adv = torch.empty_like(x_nat)
-    if not cfg.random_start:
-        x_adv.copy_(x_nat)
-    elif cfg.norm == "linf":
-        random_init_(x_adv, x_nat, eps=cfg.eps, lower=cfg.lower, upper=cfg.upper,
-                     generator=cfg.generator)
-    else:
-        _l2_random_init_(x_adv, x_nat, cfg.eps, cfg.lower, cfg.upper, cfg.generator)
-    ball = ball_args(x_adv, cfg.eps, cfg.alpha, cfg.lower, cfg.upper, cfg.norm)
-    loss_fn = objective(cfg.loss)
-    for step in range(cfg.steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            logits = _logits(model, x_adv, cfg.precision)
-            if step == 0:
-                _check_logits(logits, y)
-            loss = loss_fn(logits, y, cfg.targeted)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        x_adv = x_adv.detach()
-        with torch.no_grad():
-            torch.ops.fastadv.pgd_(x_adv, grad, x_nat, *ball)
-    if not evaluate and cfg.steps > 0:
-        return x_adv, None, None
-    with torch.no_grad():
-        logits = _logits(model, x_adv, cfg.precision)
-        if cfg.steps == 0:
-            _check_logits(logits, y)
-        return x_adv, loss_fn(logits, y, cfg.targeted), _fooled(logits, y, cfg.targeted)
 
 
 # --------------------------------------------------------------------------- restarts
@@ -192,7 +79,7 @@ def _take(t, idx):
     return t[idx] if isinstance(t, Tensor) and t.dim() > 0 else t
 
 
-def _run_restarts(model, x, y, cfg: _Config, restarts: int, early_stop: bool,
+def _run_restarts(model, x, y, cfg: AttackConfig, restarts: int, early_stop: bool,
                   max_batch: int | None, chunk_fn, evaluate: bool) -> _Best:
     best = _Best(x)
     batch = len(x)
@@ -215,7 +102,7 @@ def _run_restarts(model, x, y, cfg: _Config, restarts: int, early_stop: bool,
     return best
 
 
-def _attack_group(best: _Best, idx, x, y, cfg: _Config, first_restart: int, count: int,
+def _attack_group(best: _Best, idx, x, y, cfg: AttackConfig, first_restart: int, count: int,
                   max_batch: int | None, chunk_fn, evaluate: bool):
     """Restarts first_restart .. +count on the examples idx, as one batch of count×n (split
     by max_batch when given), folded into best."""
@@ -239,61 +126,11 @@ def _attack_group(best: _Best, idx, x, y, cfg: _Config, first_restart: int, coun
                         None if fooled is None else fooled[part], first_restart + k)
 
 
-def _replace(cfg: _Config, **changes) -> _Config:
-    return _Config(**{**cfg.__dict__, **changes})
+def _replace(cfg: AttackConfig, **changes) -> AttackConfig:
+    return AttackConfig(**{**cfg.__dict__, **changes})
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def _check_inputs(model, x, y, eps, alpha, steps, restarts, norm, loss, targeted, lower, upper,
-                  precision, max_batch):
-    if not callable(model):
-        raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
-    x = _checks.batched("x", x)
-    if not isinstance(y, Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16,
-                                                     torch.uint8):
-        raise TypeError(f"y must be an integer tensor of class indices [B], got "
-                        f"{type(y).__name__ if not isinstance(y, Tensor) else y.dtype}")
-    if y.shape != (len(x),):
-        raise ValueError(f"y must have shape [B] = [{len(x)}], got {list(y.shape)}")
-    if y.device != x.device:
-        raise ValueError(f"y is on {y.device} but x is on {x.device}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    if loss == "dlr" and targeted:
-        raise ValueError("loss='dlr' is untargeted; use loss='ce' or 'cw' with targeted=True")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
-                                  or max_batch < 1):
-        raise ValueError(f"max_batch must be None or an int >= 1, got {max_batch!r}")
-    # eps/alpha/lower/upper/norm: the op layer's checks, once for the whole attack.
-    e_t, e, a_t, a, lo_t, lo, hi_t, hi, norm = ball_args(x, eps, alpha, lower, upper, norm)
-    pick = lambda t, v: t if t is not None else v  # noqa: E731
-    return (x, y.long(), pick(e_t, e), pick(a_t, a), pick(_channel_shaped(lo_t, x), lo),
-            pick(_channel_shaped(hi_t, x), hi), norm)
-
-
-def _channel_shaped(bound, x: Tensor):
-    """A flat [C] bound as [C, 1, ...]: the ops, called again every step, check it against x
-    (a flat [C] would otherwise read as x's last dimension)."""
-    if bound is None or x.dim() < 3:
-        return bound
-    return bound.view(-1, *[1] * (x.dim() - 2))
-
-
-def _check_logits(logits: Tensor, y: Tensor) -> None:
-    if logits.dim() != 2 or logits.shape[0] != len(y):
-        raise ValueError(f"model must return logits of shape [B, num_classes] = [{len(y)}, C], "
-                         f"got {list(logits.shape)}")
-    if _checks.values_checkable() and len(y) and (y.min() < 0 or y.max() >= logits.shape[1]):
-        raise ValueError(f"labels y must lie in [0, {logits.shape[1]}) (the model's classes), "
-                         f"got values in [{y.min().item()}, {y.max().item()}]")
 
 
 def pgd(model, x: Tensor, y: Tensor, *, eps, alpha, steps: int, restarts: int = 1,
@@ -332,10 +169,10 @@ def pgd(model, x: Tensor, y: Tensor, *, eps, alpha, steps: int, restarts: int = 
     Returns:
         ``x_adv`` (same shape, dtype and layout as ``x``), or ``(x_adv, AttackInfo)``.
     """
-    x, y, eps, alpha, lower, upper, norm = _check_inputs(
+    x, y, eps, alpha, lower, upper, norm = check_inputs(
         model, x, y, eps, alpha, steps, restarts, norm, loss, targeted, lower, upper, precision,
         max_batch)
-    cfg = _Config(eps, alpha, steps, norm, random_start, loss, targeted, lower, upper,
+    cfg = AttackConfig(eps, alpha, steps, norm, random_start, loss, targeted, lower, upper,
                   precision, generator)
     if max_batch is None and x.device.type == "cpu":
         max_batch = max(len(x), CPU_MIN_BATCH)
@@ -345,8 +182,6 @@ def pgd(model, x: Tensor, y: Tensor, *, eps, alpha, steps: int, restarts: int = 
     with attack_mode(model, eval_mode=eval_mode, input_grad_only=input_grad_only) \
             if isinstance(model, nn.Module) else contextlib.nullcontext():
         if cuda_graph:
-            from .graphed import graphed_chunk_fn
-
             chunk_fn = graphed_chunk_fn(model, x_work, cfg)
         else:
             def chunk_fn(x_c, y_c, c, evaluate):

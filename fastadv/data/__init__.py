@@ -12,6 +12,7 @@ from the folder PATH (structural checks only); ``digits`` (scikit-learn's 8x8 di
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -148,8 +149,17 @@ def load_run_dataset(config: dict, data_dir: str | None = None, *,
                         verify=config.get("verify", True))
 
 
+def normalize_dataset(dataset: str) -> str:
+    """idx:PATH and folder:PATH with PATH made absolute (the run's config names the folder
+    wherever it is read from); other names unchanged."""
+    for prefix in (idx.PREFIX, folder.PREFIX):
+        if dataset.startswith(prefix) and len(dataset) > len(prefix):
+            return prefix + os.path.abspath(os.path.expanduser(dataset[len(prefix):]))
+    return dataset
+
+
 __all__ = [
     "ChecksumError", "DATASETS", "DataFileError", "Dataset", "DatasetNotFoundError",
     "DownloadError", "MNIST_FORMAT", "is_dataset", "load_dataset", "load_run_dataset",
-    "random_crop_flip", "synthetic",
+    "normalize_dataset", "random_crop_flip", "synthetic",
 ]

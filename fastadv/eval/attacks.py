@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.losses import LOSSES
-from ..attacks.pgd import PRECISIONS, fgsm, pgd
+from ..attacks import fgsm, pgd
+from ..attacks.core import PRECISIONS
 
 ATTACKS = ("fgsm", "pgd", "autoattack", "square")
 EXTERNAL = ("autoattack", "square")  # from torchattacks

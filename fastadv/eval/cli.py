@@ -12,13 +12,14 @@ import sys
 
 import torch
 
-from .._io import resolve_device
-from .._rundir import DirectoryBusy, RunLock, leftovers_line, remove_leftovers
+from ..devices import resolve_device
+from .._outdir import DirectoryBusy, RunLock, leftovers_line, remove_leftovers
 from ..checkpoint import load_checkpoint, load_model
-from ..data import DATASETS, DatasetNotFoundError, DownloadError, is_dataset, load_run_dataset
+from ..data import (DATASETS, DatasetNotFoundError, DownloadError, is_dataset, load_run_dataset,
+                    normalize_dataset)
 from ..data import folder as folder_data
-from ..train.cli import write_failure
-from ..train.config import number
+from ..data.folder_sources import folder_sources
+from ..cli_common import number, write_failure
 from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, MissingDependency,
                       check_attacks, torchattacks)
 from .curve import plot
@@ -189,13 +190,11 @@ def _test_split(cfg: dict, dataset: str, args, fingerprint: str | None = None):
     if not folder_data.is_folder_name(dataset):
         return load_run_dataset({**cfg, "dataset": dataset}, args.data_dir,
                                 download=args.download)
-    from ..train.config import TrainConfig, normalize_dataset
-    from ..train.job import folder_sources
-
-    fields = TrainConfig.__dataclass_fields__
-    run = TrainConfig(**{**{k: v for k, v in cfg.items() if k in fields},
-                         "dataset": normalize_dataset(dataset)})
-    sources = folder_sources(run)
+    sources = folder_sources(
+        normalize_dataset(dataset), image_size=cfg.get("image_size", 32),
+        augment=cfg.get("augment"), workers=cfg.get("workers", 0), seed=cfg.get("seed", 0),
+        val_size=cfg.get("val_size"), eval_examples=cfg.get("eval_examples", 1000),
+        batch_size=cfg.get("batch_size", 64))
     same_folder = normalize_dataset(dataset) == cfg.get("dataset")
     if same_folder and fingerprint is not None and fingerprint != sources.splits.fingerprint:
         raise ValueError(f"--dataset {dataset}: its files changed since the checkpoint was "

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..attacks.pgd import _logits, attack_mode, pgd
+from .._version import __version__
+from ..attacks import attack_mode, pgd
+from ..attacks.core import model_logits
 from . import sanity
 from .attacks import (EXTERNAL, AttackError, AttackSettings, check_attacks, check_settings,
                       run_attack, torchattacks, unit_seed)
@@ -248,7 +250,7 @@ class _Job:
 
     def predict(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            logits = _logits(self.model, x, self.settings.precision)
+            logits = model_logits(self.model, x, self.settings.precision)
         if logits.dim() != 2 or logits.shape[0] != len(x):
             raise ValueError(f"model must return logits [B, num_classes] = [{len(x)}, C], got "
                              f"{list(logits.shape)}")
@@ -382,15 +384,13 @@ def _check_data(model, x, y) -> tuple[Tensor, Tensor]:
 
 
 def versions() -> dict:
-    import fastadv  # at call time: fastadv's __init__ imports this module
-
     def installed(dist: str):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    return {"fastadv": fastadv.__version__, "torch": str(torch.__version__),
+    return {"fastadv": __version__, "torch": str(torch.__version__),
             "torchattacks": installed("torchattacks"), "python": platform.python_version()}
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import reference
 from ..attacks.losses import objective
-from ..attacks.pgd import PRECISIONS
+from ..attacks.core import PRECISIONS
 from .report import Check
 
 GRADIENT_TOLERANCE = 0.10  # most examples must have a usable gradient

@@ -22,7 +22,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from ._io import ExperimentError
+    from .output import ExperimentError
 
     p = parser()
     args = p.parse_args(argv)

@@ -28,8 +28,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import _io
-from ._io import ExperimentError
+from . import output
+from .output import ExperimentError
 
 METHODS = ("standard", "fgsm", "pgd")
 METHOD_LABELS = {"standard": "natural training", "fgsm": "FGSM training",
@@ -99,7 +99,7 @@ def _finished(cfg) -> bool:
     results = os.path.join(cfg.out, "results.json")
     if not os.path.isfile(results):
         return False
-    saved = _io.read_json(os.path.join(cfg.out, "config.json"), "--out")
+    saved = output.read_json(os.path.join(cfg.out, "config.json"), "--out")
     changed = [k for k, v in cfg.to_dict().items()
                if k not in RESUMABLE and k in saved and saved[k] != v]
     if changed:
@@ -185,7 +185,7 @@ def run(dataset: str = "digits", widths=(1, 2, 4, 8, 16), methods=METHODS, *,
     for flag in OWNED:
         if flag in train_args:
             raise ExperimentError(f"--train-args: {flag} is set by the sweep itself")
-    dev = _io.resolve_device(device)
+    dev = output.checked_device(device)
     runs = [(m, w, train_config(dataset, m, w, out, model=model, epochs=epochs, eps=eps,
                                 steps=steps, seed=seed, device=str(dev), data_dir=data_dir,
                                 train_args=train_args))
@@ -207,7 +207,7 @@ def run(dataset: str = "digits", widths=(1, 2, 4, 8, 16), methods=METHODS, *,
         t0 = time.perf_counter()
         status = train_run(cfg)
         wall = time.perf_counter() - t0
-        results = _io.read_json(os.path.join(cfg.out, "results.json"), "--out")
+        results = output.read_json(os.path.join(cfg.out, "results.json"), "--out")
         t1 = time.perf_counter()
         ev = evaluate(os.path.join(cfg.out, "last.pt"), x_test, y_test, eps=cfg.eps,
                       steps=eval_steps, restarts=eval_restarts, seed=seed)
@@ -233,7 +233,7 @@ def run(dataset: str = "digits", widths=(1, 2, 4, 8, 16), methods=METHODS, *,
                  "restarts": eval_restarts, "checkpoint": "last.pt"},
         "rows": rows,
         "total_seconds": time.perf_counter() - started,
-        "environment": _io.environment(dev),
+        "environment": output.environment(dev),
     }
 
 
@@ -258,7 +258,7 @@ def table(result: dict) -> str:
 def plot(result: dict, path: str):
     """Clean accuracy, PGD accuracy and the final training loss against width (log2), one
     line per training method (the shape of the paper's Figure 4)."""
-    fig = _io.new_figure(12, 3.7)
+    fig = output.new_figure(12, 3.7)
     axes = fig.subplots(1, 3)
     e = result["eval"]
     fig.suptitle(f"capacity: {result['model']} on {result['dataset']} "
@@ -284,7 +284,7 @@ def plot(result: dict, path: str):
             ax.set_ylim(0, 1.02)
             ax.set_ylabel("accuracy")
     axes[0].legend(fontsize=8, loc="lower right")
-    _io.save_figure(fig, path)
+    output.save_figure(fig, path)
     return fig
 
 
@@ -293,7 +293,7 @@ def plot(result: dict, path: str):
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from ..data import DATASETS
-    from ..train.config import number
+    from ..cli_common import number
 
     p = sub.add_parser(
         "capacity", help="natural/FGSM/PGD training at growing width (Fig. 4)",
@@ -330,7 +330,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    widths = _io.parse_int_list(args.widths, "--widths")
+    widths = output.parse_int_list(args.widths, "--widths")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         train_args = shlex.split(args.train_args)
@@ -341,8 +341,8 @@ def main(args: argparse.Namespace) -> int:
                  eval_restarts=args.eval_restarts, n_examples=args.n_examples, seed=args.seed,
                  device=args.device, data_dir=args.data_dir, train_args=train_args,
                  progress=args.progress)
-    json_path, png_path = _io.output_paths(os.path.join(args.out, "capacity"), "--out")
-    _io.save_json(result, json_path)
+    json_path, png_path = output.output_paths(os.path.join(args.out, "capacity"), "--out")
+    output.save_json(result, json_path)
     plot(result, png_path)
     print(table(result))
     print(f"wrote {json_path} and {png_path}")

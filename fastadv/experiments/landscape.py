@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import attack_mode
-from ..attacks.pgd import _Config, attack_chunk
+from ..attacks.core import AttackConfig, attack_chunk
 from ..checkpoint import load_checkpoint, model_from_checkpoint
-from . import _io
-from ._io import ExperimentError
+from . import output
+from .output import ExperimentError
 
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
 
@@ -134,15 +134,15 @@ def restart_losses(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha:
     for chunk, r0 in enumerate(range(0, restarts, max_batch)):
         n = min(max_batch, restarts - r0)
         gen = torch.Generator(device=device).manual_seed(_chunk_seed(seed, index, chunk))
-        cfg = _Config(eps=eps, alpha=alpha, steps=steps, norm="linf", random_start=True,
+        cfg = AttackConfig(eps=eps, alpha=alpha, steps=steps, norm="linf", random_start=True,
                       loss="ce", targeted=False, lower=0.0, upper=1.0, precision="fp32",
                       generator=gen)
         xs = x.unsqueeze(0).expand(n, *x.shape).contiguous()
         ys = y.view(1).expand(n).contiguous()
-        _io.synchronize(device)
+        output.synchronize(device)
         t0 = time.perf_counter()
         _, loss, fool = attack_chunk(model, xs, ys, cfg, evaluate=True)
-        _io.synchronize(device)
+        output.synchronize(device)
         seconds += time.perf_counter() - t0
         losses[r0:r0 + n] = loss.float().cpu()
         fooled[r0:r0 + n] = fool.cpu()
@@ -212,7 +212,7 @@ def run(checkpoints: list[str], *, dataset: str | None = None, data_dir: str | N
     the final losses ``[models, examples, restarts]`` and the studied test images."""
     check_args(restarts=restarts, examples=examples, steps=steps, eps=eps, alpha=alpha,
                max_batch=max_batch, sequential_check=sequential_check, bins=bins)
-    dev = _io.resolve_device(device)
+    dev = output.checked_device(device)
     models = load_models(checkpoints, dev)
     data = load_test_split(models, dataset, data_dir)
     if eps is None:
@@ -293,7 +293,7 @@ def run(checkpoints: list[str], *, dataset: str | None = None, data_dir: str | N
                    "start": "uniform in the eps-ball, clipped to [0, 1]",
                    "max_batch": max_batch, "seed": seed},
         "models": per_model,
-        "environment": _io.environment(dev),
+        "environment": output.environment(dev),
     }
     return result, torch.stack(all_losses), data.x_test[idx]
 
@@ -365,7 +365,7 @@ def plot(result: dict, path: str, images: Tensor | None = None):
     first = 1 if images is not None else 0
     cols = first + len(models)
     ratios = ([0.45] if images is not None else []) + [1.0] * len(models)
-    fig = _io.new_figure(0.8 + 3.4 * len(models) + (1.0 if images is not None else 0),
+    fig = output.new_figure(0.8 + 3.4 * len(models) + (1.0 if images is not None else 0),
                          0.9 + 1.9 * k)
     axes = fig.subplots(k, cols, squeeze=False, gridspec_kw={"width_ratios": ratios})
     a = result["attack"]
@@ -398,7 +398,7 @@ def plot(result: dict, path: str, images: Tensor | None = None):
                 ax.set_xlabel("final loss", fontsize=8)
             if col == 0:
                 ax.set_ylabel("restarts (log)", fontsize=8)
-    _io.save_figure(fig, path)
+    output.save_figure(fig, path)
     return fig
 
 
@@ -406,7 +406,7 @@ def plot(result: dict, path: str, images: Tensor | None = None):
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ..train.config import number
+    from ..cli_common import number
 
     p = sub.add_parser(
         "landscape", help="histogram of final PGD losses over many random restarts (Fig. 1)",
@@ -442,17 +442,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    json_path, png_path = _io.output_paths(args.out)
+    json_path, png_path = output.output_paths(args.out)
     indices = None
     if args.indices is not None:
-        indices = _io.parse_int_list(args.indices, "--indices", low=0)
+        indices = output.parse_int_list(args.indices, "--indices", low=0)
     result, _, images = run(
         args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, eps=args.eps,
         steps=args.steps, alpha=args.alpha, restarts=args.restarts,
         examples=len(indices) if indices else args.examples, indices=indices,
         max_batch=args.max_batch, seed=args.seed, device=args.device,
         sequential_check=args.sequential_check, bins=args.bins, progress=args.progress)
-    _io.save_json(result, json_path)
+    output.save_json(result, json_path)
     plot(result, png_path, images)
     print(table(result))
     print(f"wrote {json_path} and {png_path}")

@@ -14,8 +14,8 @@ import os
 
 import torch
 
-from . import _io
-from ._io import ExperimentError
+from . import output
+from .output import ExperimentError
 
 ACCURACIES = ("train_clean_acc", "train_robust_acc", "val_clean_acc", "val_robust_acc")
 
@@ -75,9 +75,9 @@ def run(run_dir: str) -> dict:
     """The run's curves and a summary, JSON-ready."""
     records = read_metrics(run_dir)
     config_path = os.path.join(run_dir, "config.json")
-    config = _io.read_json(config_path, "RUN") if os.path.isfile(config_path) else {}
+    config = output.read_json(config_path, "RUN") if os.path.isfile(config_path) else {}
     results_path = os.path.join(run_dir, "results.json")
-    results = _io.read_json(results_path, "RUN") if os.path.isfile(results_path) else None
+    results = output.read_json(results_path, "RUN") if os.path.isfile(results_path) else None
     curves = {"epoch": [r["epoch"] for r in records], "loss": [r["loss"] for r in records],
               "batch_acc": [r.get("batch_acc") for r in records],
               "lr": [r.get("lr") for r in records]}
@@ -102,7 +102,7 @@ def run(run_dir: str) -> dict:
         "seconds": sum(r.get("seconds", 0.0) for r in records),
         "test": results["checkpoints"] if results else None,
         "curves": curves,
-        "environment": {**_io.environment(torch.device("cpu")),
+        "environment": {**output.environment(torch.device("cpu")),
                         "training_device": config.get("device"),
                         "training_world_size": config.get("world_size")},
     }
@@ -111,7 +111,7 @@ def run(run_dir: str) -> dict:
 def plot(result: dict, path: str):
     """Left: the training loss per epoch; right: train/val clean and robust accuracy."""
     c = result["curves"]
-    fig = _io.new_figure(10.5, 3.8)
+    fig = output.new_figure(10.5, 3.8)
     ax_loss, ax_acc = fig.subplots(1, 2)
     title = f"{result.get('method') or '?'} training of {result.get('model') or '?'}"
     if result.get("width"):
@@ -156,7 +156,7 @@ def plot(result: dict, path: str):
     ax_acc.grid(alpha=0.3)
     if ax_acc.lines:
         ax_acc.legend(fontsize=8, loc="lower right")
-    _io.save_figure(fig, path)
+    output.save_figure(fig, path)
     return fig
 
 
@@ -175,8 +175,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     result = run(args.run)  # first: a bad RUN is reported before anything is created
-    json_path, png_path = _io.output_paths(args.out or os.path.join(args.run, "run"))
-    _io.save_json(result, json_path)
+    json_path, png_path = output.output_paths(args.out or os.path.join(args.run, "run"))
+    output.save_json(result, json_path)
     plot(result, png_path)
     t = result["loss_trend"]
     line = (f"{result['epochs_done']} epochs: {result['loss_name']} {t['first']:.4g} -> "

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .._io import resolve_device
+from ..devices import resolve_device
 from .config import TrainConfigError
 
 

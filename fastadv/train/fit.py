@@ -15,11 +15,15 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..checkpoint import load_checkpoint
+from ..data.sources import StreamedEval, StreamedTrain, TensorEval, TensorTrain
+from ..data.splits import check_batch_size, split_indices
+from ..model_specs import ModelSpecError, check_model_output
+from ..nn import Normalized
 from . import distributed
-from .config import FIT_PREFIX, USER_MODEL, TrainConfig, TrainConfigError
-from .job import Job, check_batch_size, split_indices
+from .config import (FIT_PREFIX, ONE_STEP, OPTIMIZERS, SETTINGS, USER_MODEL, TrainConfig,
+                     TrainConfigError, default_alpha)
+from .job import Job
 from .loop import launch
-from .sources import StreamedEval, StreamedTrain, TensorEval, TensorTrain
 
 # Tensors are kept on a CUDA device when they take at most this share of its free memory.
 DEVICE_SHARE = 0.5
@@ -84,30 +88,24 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
     Under ``torchrun`` every rank calls ``fit`` with the same arguments; each global batch
     is split across the ranks, which load only their part.
     """
+    given = dict(locals())  # the keywords as passed, before any is changed below
+    settings = {s.name: given[s.name] for s in FIT_SETTINGS}
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if mean is not None or std is not None:
         if mean is None or std is None:
             raise TrainConfigError("mean and std go together: pass both or neither")
-        from ..model_specs import Normalized
-
         model = Normalized(model, mean, std)
     kind, _ = _kind(train_data, "train_data")
-    steps_given = steps if method not in ("fgsm", "fgsm-rs") else 1
-    cfg = TrainConfig(
-        dataset=f"{FIT_PREFIX}{kind}", model=f"{USER_MODEL}{type(model).__name__}>",
-        method=method, eps=float(eps), steps=steps_given,
-        alpha=float(_default_alpha(method, eps, steps_given) if alpha is None else alpha),
-        restarts=restarts, epochs=epochs, batch_size=_batch_size(train_data, batch_size),
-        optimizer=optimizer if isinstance(optimizer, str) else "sgd", lr=lr,
-        momentum=momentum, weight_decay=weight_decay, schedule=schedule, precision=precision,
-        channels_last=channels_last, compile=compile, cuda_graph=cuda_graph, device=device,
-        seed=seed, out=out, resume=resume, eval_every=eval_every,
-        eval_steps=steps if eval_steps is None else eval_steps, eval_examples=eval_examples,
-        val_size=val_size, eps_warmup=eps_warmup, strict=strict, save_every=save_every,
-        free_replays=free_replays, trades_beta=trades_beta, attack_bn=attack_bn,
-        sync_bn=sync_bn, workers=workers, progress=progress)
-    if isinstance(optimizer, str) and optimizer not in ("sgd", "adam"):
+    steps_given = steps if method not in ONE_STEP else 1
+    cfg = TrainConfig(**{
+        **settings, "dataset": f"{FIT_PREFIX}{kind}",
+        "model": f"{USER_MODEL}{type(model).__name__}>", "eps": float(eps), "steps": steps_given,
+        "alpha": float(default_alpha(method, eps, steps_given) if alpha is None else alpha),
+        "batch_size": _batch_size(train_data, batch_size),
+        "optimizer": optimizer if isinstance(optimizer, str) else "sgd",
+        "eval_steps": steps if eval_steps is None else eval_steps})
+    if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
         raise TrainConfigError(f"optimizer must be 'sgd', 'adam', an Optimizer or a factory, "
                                f"got {optimizer!r}")
     summary = launch(cfg, lambda ctx: _job(cfg, ctx, model, train_data, val_data, test_data,
@@ -119,12 +117,8 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
     return FitResult(history, summary, trained.eval(), out)
 
 
-def _default_alpha(method: str, eps: float, steps: int) -> float:
-    if method in ("fgsm", "free"):
-        return eps
-    if method == "fgsm-rs":
-        return 1.25 * eps
-    return 2.5 * eps / steps
+# The table's settings fit takes as keywords of its own name (a test keeps them in step).
+FIT_SETTINGS = tuple(s for s in SETTINGS if s.in_fit)
 
 
 def _kind(data, name: str) -> tuple[str, object]:
@@ -196,11 +190,11 @@ def _job(cfg: TrainConfig, ctx: distributed.Context, model, train_data, val_data
         if kind == "DataLoader":
             raise TrainConfigError("val_data is needed with a DataLoader as train_data (its "
                                    "examples cannot be held out); or pass its Dataset")
-        val_idx, train_idx = split_indices(_length(kind, train_data), cfg)
+        val_idx, train_idx = split_indices(_length(kind, train_data), cfg.val_size, cfg.seed)
     else:
         val_idx, train_idx = None, None
     train = _train_source(cfg, kind, train_data, train_idx, augment, device)
-    check_batch_size(cfg, len(train))
+    check_batch_size(cfg.batch_size, len(train))
     k = min(cfg.eval_examples, len(train))
     train_eval = _eval_source(cfg, kind, train_data,
                               train.indices[:k] if train.streamed else None, device,
@@ -301,8 +295,6 @@ def _loader_batches(loader: DataLoader, seed: int):
 def _num_classes(model: nn.Module, train, device) -> int:
     """The classes the model outputs, checked on a real training batch: [B, num_classes]
     logits with every training label below num_classes."""
-    from ..model_specs import ModelSpecError, check_model_output
-
     labels = train.labels(min(len(train), 10_000))
     if train.streamed:
         x0 = train.dataset[int(train.indices[0])][0]
@@ -344,7 +336,7 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     """Fills ``model`` (the caller's module, built as for :func:`fit`) with the weights of
     a fastadv checkpoint (``best.pt``/``last.pt``) and returns it in eval mode. A model
     ``fit`` wrapped with ``mean``/``std`` is filled through the same wrapping: pass
-    ``fastadv.model_specs.Normalized(model, mean, std)``."""
+    ``fastadv.nn.Normalized(model, mean, std)``."""
     ckpt = load_checkpoint(path)
     try:
         model.load_state_dict(ckpt["model"])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import attacks, ops
-from ..attacks.pgd import precision_autocast
+from ..attacks.core import precision_autocast
 from .config import TrainConfig
 
 
@@ -29,6 +29,14 @@ def autocast(device: torch.device, precision: str):
 class Method:
     """``model`` is what training runs (DDP-wrapped and/or compiled); ``attack_model`` the
     same weights unwrapped, for attacks (no gradient all-reduce, frozen parameters)."""
+
+    # The validation figure best.pt is chosen by (Rice et al.: robust accuracy).
+    selection_metric = "val_robust_acc"
+
+    @classmethod
+    def steps_per_batch(cls, cfg: TrainConfig) -> int:
+        """Optimizer steps the method takes per batch (what the schedule counts)."""
+        return 1
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, attack_model: nn.Module,
                  device: torch.device):
@@ -59,6 +67,8 @@ class Method:
 
 
 class Standard(Method):
+    selection_metric = "val_clean_acc"  # no attack: the clean accuracy is the goal
+
     def losses(self, x, y):
         logits = self.logits(x)
         yield F.cross_entropy(logits, y), logits
@@ -98,6 +108,10 @@ class Free(Method):
     def __init__(self, *args):
         super().__init__(*args)
         self.delta: Tensor | None = None
+
+    @classmethod
+    def steps_per_batch(cls, cfg: TrainConfig) -> int:
+        return cfg.free_replays
 
     def losses(self, x, y):
         c = self.cfg
@@ -158,5 +172,9 @@ METHOD_CLASSES = {"pgd": PGDTraining, "fgsm": FGSM, "fgsm-rs": FGSMRS, "free": F
                   "standard": Standard}
 
 
+def method_class(cfg: TrainConfig) -> type[Method]:
+    return METHOD_CLASSES[cfg.method]
+
+
 def make_method(cfg: TrainConfig, model, attack_model, device) -> Method:
-    return METHOD_CLASSES[cfg.method](cfg, model, attack_model, device)
+    return method_class(cfg)(cfg, model, attack_model, device)

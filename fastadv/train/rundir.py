@@ -1,0 +1,265 @@
+"""The run directory (``--out``) through a run's life, decided in one place: whether a run
+starts, resumes or is refused; its lock; the temp files killed writes left; its files
+(``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``, ``results.json``); and the
+pending best checkpoint a kill can leave between writing ``best.pt`` and committing
+``last.pt``. docs/ARCHITECTURE.md draws the lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .._io import WriteError, write_atomic, write_json
+from .._outdir import (LOCK_NAME, DirectoryBusy, RunLock, is_temp_name, launch_rank,
+                       leftovers_line, remove_leftovers)
+from ..checkpoint import checkpoint_state, load_checkpoint
+from ..errors import TrainConfigError
+from . import distributed
+from .config import FIT_PREFIX, RESUMABLE, SETTING
+
+
+def killed_before_first_checkpoint(out: str) -> bool:
+    """Whether ``out`` holds a run killed before its first checkpoint, at whatever instant:
+    one that wrote its config.json and nothing else yet (no last.pt, best.pt, results or
+    epoch metrics), or one killed even before that, whose folder holds nothing but the run's
+    lock and the temp files of interrupted writes (or nothing at all). Such a run has nothing
+    to lose: it can only start again."""
+    def has(name):
+        return os.path.exists(os.path.join(out, name))
+
+    if not os.path.isdir(out):
+        return False
+    metrics = os.path.join(out, "metrics.jsonl")
+    if any(has(n) for n in ("last.pt", "best.pt", "best.pt.pending", "results.json")) or (
+            os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        return False
+    return has("config.json") or all(name in (LOCK_NAME, "metrics.jsonl") or is_temp_name(name)
+                                     for name in os.listdir(out))
+
+
+def check_out_dir(out: str, resume: bool) -> None:
+    """--out must be writable, and hold a run exactly when resuming (a run killed before its
+    first last.pt holds only its config.json: it starts again); checked before anything is
+    written, so a bad --out leaves nothing behind."""
+    last = os.path.join(out, "last.pt")
+    if resume and not os.path.isfile(last) and not killed_before_first_checkpoint(out):
+        raise TrainConfigError(f"--resume: {last} does not exist (nothing to resume in --out "
+                               f"{out})")
+    if not resume and os.path.exists(last):
+        raise TrainConfigError(f"--out {out} already holds a run (last.pt); pass --resume to "
+                               "continue it or choose another --out")
+    probe = out
+    while not os.path.exists(probe):  # the nearest existing ancestor must let us create it
+        parent = os.path.dirname(os.path.abspath(probe))
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise TrainConfigError(f"--out {out} is not writable ({probe} is not a writable directory)")
+
+
+def saved_settings(out: str) -> dict | None:
+    """The settings of the run in ``out`` that ``--resume`` continues: last.pt's (config.json
+    must agree with them), config.json's for a run killed before its first checkpoint, or
+    None for one killed before it wrote even that (the flags given now are the run's).
+    Another live run's files are not read: a busy ``out`` is refused first."""
+    config = os.path.join(out, "config.json")
+    if launch_rank() == 0 and os.path.isdir(out):
+        # train() takes the lock for the run's lifetime; this only reports a busy --out.
+        probe = RunLock(os.path.join(out, LOCK_NAME), f"--out {out}")
+        _acquire(probe)
+        probe.release()
+    if killed_before_first_checkpoint(out):
+        if not os.path.exists(config):
+            return None
+        try:
+            with open(config) as f:
+                return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TrainConfigError(f"--resume: {config} is not valid JSON ({exc}); "
+                                   "restore it or start a new --out") from None
+    try:
+        saved = load_checkpoint(os.path.join(out, "last.pt"))["config"]
+    except ValueError as exc:
+        raise TrainConfigError(f"--resume: {exc}. {_damaged_last_advice(out)}") from None
+    _check_config_json(config, saved)
+    return saved
+
+
+def _damaged_last_advice(out: str) -> str:
+    best = os.path.join(out, "best.pt")
+    state = checkpoint_state(best)
+    if state.startswith("intact"):
+        return (f"{best} is {state}: copy it over last.pt to resume from there (the later "
+                "epochs are redone, to the same result), or start over in a new --out")
+    return "No intact best.pt to fall back on: start over in a new --out"
+
+
+def _check_config_json(path: str, saved: dict) -> None:
+    """config.json records the settings a run started with; last.pt's are the ones a resume
+    uses. A hand edit would be silently ignored: refuse it instead."""
+    try:
+        with open(path) as f:
+            on_disk = json.load(f)
+    except FileNotFoundError:
+        return  # a record only: nothing to disagree with
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TrainConfigError(f"--resume: {path} is not valid JSON ({exc}); restore it (the "
+                               "run's settings are in last.pt) or start a new --out") from None
+    if not isinstance(on_disk, dict):
+        raise TrainConfigError(f"--resume: {path} is not a settings object; restore it (the "
+                               "run's settings are in last.pt) or start a new --out")
+    edited = sorted(k for k in saved if k not in RESUMABLE and k in on_disk
+                    and json.loads(json.dumps(saved[k])) != on_disk[k])
+    if edited:
+        diffs = ", ".join(f"{k}: {saved[k]!r} in last.pt, {on_disk[k]!r} in config.json"
+                          for k in edited)
+        raise TrainConfigError(
+            f"--resume: {path} was changed after the run started ({diffs}); a resume takes "
+            "its settings from last.pt: restore config.json, or start a new --out with the "
+            "settings you want")
+
+
+def check_resumable(saved: dict, cfg) -> None:
+    """A resume runs with the settings the run started with, but for RESUMABLE ones."""
+    # A setting the saved run predates (absent from its config) took its default then.
+    was = {s.name: saved.get(s.name, s.default) for s in SETTING.values()}
+    changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE and was[k] != v]
+    if changed:
+        diffs = ", ".join(f"--{k.replace('_', '-')} {was[k]!r} -> {getattr(cfg, k)!r}"
+                          for k in changed)
+        raise TrainConfigError(f"--resume: the run in {cfg.out} was started with other "
+                               f"settings ({diffs}); resume with the same flags, or start a "
+                               "new --out")
+
+
+def check_same_data(saved: str | None, now: str | None, cfg) -> None:
+    if saved is None or now is None or saved == now:
+        return
+    if cfg.dataset.startswith(FIT_PREFIX):
+        raise TrainConfigError(f"resume: the run in {cfg.out} was trained on other data or "
+                               f"settings (then: {saved}; now: {now}); resume with the same, "
+                               "or start a new out")
+    raise TrainConfigError(f"--resume: the data of --dataset {cfg.dataset} changed since "
+                           f"the run in {cfg.out} started (files added, removed or "
+                           "renamed); restore it, or start a new --out")
+
+
+def settle_pending_best(pending: str, best: str, last_ckpt: dict) -> None:
+    """A best.pt.pending left by a kill between writing it and committing last.pt: it is the
+    best checkpoint if last.pt got to its epoch (then only the rename was missed), else that
+    epoch will be redone and the pending file is stale."""
+    if not os.path.exists(pending):
+        return
+    done = load_checkpoint(pending)["progress"]["epoch"] == last_ckpt["progress"]["epoch"]
+    if done:
+        os.replace(pending, best)
+    else:
+        os.remove(pending)
+
+
+def _acquire(lock: RunLock) -> None:
+    try:
+        lock.acquire()
+    except DirectoryBusy as exc:
+        raise TrainConfigError(str(exc)) from None
+
+
+class RunDir:
+    """``out`` for one run: its paths, built once, and each step of its lifecycle. Rank 0
+    holds the lock and writes; every rank reads."""
+
+    def __init__(self, out: str):
+        self.out = out
+        path = lambda name: os.path.join(out, name)  # noqa: E731
+        self.last, self.best = path("last.pt"), path("best.pt")
+        self.pending = self.best + ".pending"
+        self.config, self.metrics, self.results = (path("config.json"), path("metrics.jsonl"),
+                                                   path("results.json"))
+        self.lock = RunLock(path(LOCK_NAME), f"--out {out}") if launch_rank() == 0 else None
+
+    # ---- before the process group: refuse early, writing nothing
+
+    def check(self, resume: bool) -> None:
+        """An existing --out is locked before anything is decided on it (the kernel drops
+        the lock when the process dies); then :func:`check_out_dir`."""
+        if self.lock is not None and os.path.isdir(self.out):
+            _acquire(self.lock)
+        check_out_dir(self.out, resume)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    # ---- with every rank up
+
+    def claim(self, ctx: distributed.Context, resume: bool) -> None:
+        """Rank 0 creates --out, takes its lock (a run that started in the same instant may
+        have it), checks --out again under the lock and removes what killed writes left;
+        every rank fails with rank 0's error, so none waits for a rank that stopped."""
+        error = None
+        if ctx.is_main:
+            try:
+                os.makedirs(self.out, exist_ok=True)
+                _acquire(self.lock)
+                check_out_dir(self.out, resume)
+                count, size = remove_leftovers(self.out)
+                if count:
+                    print(leftovers_line(count, size, self.out))
+            except TrainConfigError as exc:
+                error = str(exc)
+        error = distributed.all_gather(ctx, error)[0]
+        if error is not None:
+            raise TrainConfigError(error)
+
+    def checkpoint_to_resume(self, cfg, ctx: distributed.Context,
+                             fingerprint: str | None) -> dict | None:
+        """last.pt when the run resumes (checked against ``cfg`` and the data's
+        ``fingerprint``; a pending best settled), or None when it starts: also on --resume of
+        a run killed before its first checkpoint, whose config.json must then agree."""
+        if cfg.resume and killed_before_first_checkpoint(self.out):
+            if os.path.exists(self.config):  # absent when killed before writing it
+                with open(self.config) as f:
+                    check_resumable(json.load(f), cfg)
+            if ctx.is_main:
+                print(f"no {self.last} yet: starting the run in {self.out} from the beginning")
+            return None
+        if not cfg.resume:
+            return None
+        try:
+            ckpt = load_checkpoint(self.last)  # on the CPU: RNG states must stay there
+        except ValueError as exc:
+            raise TrainConfigError(f"--resume: {exc}") from None
+        if ctx.is_main:
+            settle_pending_best(self.pending, self.best, ckpt)
+        check_resumable(ckpt["config"], cfg)
+        check_same_data(ckpt.get("data_fingerprint"), fingerprint, cfg)
+        return ckpt
+
+    def start(self, record: dict) -> None:
+        """config.json (the run's settings as started) and an empty metrics.jsonl."""
+        os.makedirs(self.out, exist_ok=True)
+        write_json(self.config, record)
+        self.write_history([])
+
+    def commit_best(self) -> None:
+        """best.pt.pending becomes best.pt, once last.pt of the same epoch is written."""
+        os.replace(self.pending, self.best)
+
+    def write_history(self, history: list) -> None:
+        """metrics.jsonl rewritten from a checkpoint's history: lines a killed run appended
+        after its last checkpoint are dropped, so no epoch appears twice."""
+        write_atomic(self.metrics,
+                     "".join(json.dumps(record) + "\n" for record in history).encode())
+
+    def append_history(self, record: dict) -> None:
+        try:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a partial line is dropped on resume (rewritten from last.pt)
+            raise WriteError(exc.errno, exc.strerror or str(exc), self.metrics) from exc
+
+    def write_results(self, summary: dict) -> None:
+        write_json(self.results, summary)
