@@ -91,8 +91,8 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
     progress, meter = Progress(), EpochMeter()
     ckpt = rundir.checkpoint_to_resume(cfg, ctx, job.fingerprint)
     if ckpt is not None:
-        _restore(ckpt, job, ctx, rundir, raw, optimizer, sched, method, progress, meter,
-                 steps_per_epoch)
+        progress = _restore(ckpt, job, ctx, rundir, raw, optimizer, sched, method, meter,
+                            steps_per_epoch)
     else:
         if ctx.is_main:
             rundir.start({**cfg.to_dict(), "world_size": ctx.world_size,
@@ -204,9 +204,9 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
 
 
 def _restore(ckpt: dict, job: Job, ctx: distributed.Context, rundir: RunDir, raw, optimizer,
-             sched, method, progress: Progress, meter: EpochMeter, steps_per_epoch: int) -> None:
-    """A resumed run's state from last.pt: weights, optimizer, schedule, counters, and, with
-    the same number of ranks, every rank's RNG, method state and epoch sums."""
+             sched, method, meter: EpochMeter, steps_per_epoch: int) -> Progress:
+    """A resumed run's state from last.pt: weights, optimizer, schedule, and, with the same
+    number of ranks, every rank's RNG, method state and epoch sums; returns its progress."""
     try:
         unwrap(raw).load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -214,19 +214,13 @@ def _restore(ckpt: dict, job: Job, ctx: distributed.Context, rundir: RunDir, raw
             from None
     optimizer.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
-    saved = ckpt["progress"]
-    for name in Progress.__dataclass_fields__:
-        setattr(progress, name, saved[name])
+    progress = Progress(**ckpt["progress"])
     if ckpt["world_size"] == ctx.world_size:
         mine = ckpt["ranks"][ctx.rank]
         set_rng_state(mine["rng"])
         method.load_state(mine["method"])
-        if "meter" in mine:
-            meter.load_state_dict(mine["meter"])
-        else:  # checkpoints before named sums
-            meter.load_state_dict({**dict(zip(("loss_sum", "correct", "seen", "images",
-                                                "seconds"), mine["sums"])),
-                                   "part_sums": mine.get("part_sums", {})})
+        meter.load_state_dict(mine["meter"] if "meter" in mine else EpochMeter.positional_state(
+            mine["sums"], mine.get("part_sums", {})))
     else:
         if progress.step_in_epoch:
             raise TrainConfigError(f"--resume: {rundir.last} was written mid-epoch by "
@@ -236,6 +230,7 @@ def _restore(ckpt: dict, job: Job, ctx: distributed.Context, rundir: RunDir, raw
         rundir.write_history(progress.history)
         print(f"resuming {rundir.out} at epoch {progress.epoch + 1}, batch "
               f"{progress.step_in_epoch + 1} of {steps_per_epoch}")
+    return progress
 
 
 def make_optimizer(cfg: TrainConfig, raw: nn.Module, given=None) -> torch.optim.Optimizer:

@@ -65,12 +65,15 @@ class EpochMeter:
         return {name: (dict(self.part_sums) if name == "part_sums" else getattr(self, name))
                 for name in self.FIELDS}
 
-    def load_state_dict(self, state) -> None:
-        if isinstance(state, (list, tuple)):  # checkpoints before named sums
-            state = dict(zip(("loss_sum", "correct", "seen", "images", "seconds"), state))
+    def load_state_dict(self, state: dict) -> None:
         for name in self.FIELDS:
-            setattr(self, name, dict(state.get(name, {})) if name == "part_sums"
-                    else state[name])
+            setattr(self, name, dict(state[name]) if name == "part_sums" else state[name])
+
+    @staticmethod
+    def positional_state(sums: list, part_sums: dict) -> dict:
+        """The state of a checkpoint written before the sums were named."""
+        return {**dict(zip(("loss_sum", "correct", "seen", "images", "seconds"), sums)),
+                "part_sums": part_sums}
 
     def record(self, ctx: distributed.Context) -> dict:
         """The epoch's training figures, summed over ranks: loss, batch accuracy, throughput,
