@@ -3,7 +3,6 @@ train. Bad input exits non-zero with one clear line, before anything is written.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from ..cli_common import write_failure
@@ -12,7 +11,7 @@ from ..data import DataFileError, DatasetNotFoundError, DownloadError
 from ..data.folder import FolderError
 from .config import SETTING, TrainConfig, TrainConfigError, check, explicit_flags, parser, resolve
 from .loop import train
-from .rundir import saved_settings
+from .rundir import RunDir, saved_settings
 
 
 def cli_parser():
@@ -63,7 +62,7 @@ def main(argv=None) -> int:
     except OSError as exc:
         if debug:
             raise
-        last = os.path.join(cfg.out, "last.pt")
+        last = RunDir(cfg.out).last
         state = checkpoint_state(last)
         kept = ("no checkpoint was written yet" if state == "not written yet" else
                 f"{last} is {state}: nothing half-written replaced it (--resume continues "

@@ -24,6 +24,7 @@ from .config import (FIT_PREFIX, ONE_STEP, OPTIMIZERS, SETTINGS, USER_MODEL, Tra
                      TrainConfigError, default_alpha)
 from .job import Job
 from .loop import launch
+from .rundir import RunDir
 
 # Tensors are kept on a CUDA device when they take at most this share of its free memory.
 DEVICE_SHARE = 0.5
@@ -110,7 +111,8 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
                                f"got {optimizer!r}")
     summary = launch(cfg, lambda ctx: _job(cfg, ctx, model, train_data, val_data, test_data,
                                            augment, optimizer))
-    last, best = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
+    rundir = RunDir(out)
+    last, best = rundir.last, rundir.best
     history = load_checkpoint(last)["progress"]["history"]
     trained = copy.deepcopy(model)
     trained.load_state_dict(load_checkpoint(best if os.path.exists(best) else last)["model"])

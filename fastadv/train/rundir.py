@@ -24,24 +24,22 @@ def killed_before_first_checkpoint(out: str) -> bool:
     epoch metrics), or one killed even before that, whose folder holds nothing but the run's
     lock and the temp files of interrupted writes (or nothing at all). Such a run has nothing
     to lose: it can only start again."""
-    def has(name):
-        return os.path.exists(os.path.join(out, name))
-
     if not os.path.isdir(out):
         return False
-    metrics = os.path.join(out, "metrics.jsonl")
-    if any(has(n) for n in ("last.pt", "best.pt", "best.pt.pending", "results.json")) or (
-            os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+    d = RunDir(out)
+    if any(os.path.exists(p) for p in (d.last, d.best, d.pending, d.results)) or (
+            os.path.exists(d.metrics) and os.path.getsize(d.metrics) > 0):
         return False
-    return has("config.json") or all(name in (LOCK_NAME, "metrics.jsonl") or is_temp_name(name)
-                                     for name in os.listdir(out))
+    own = {os.path.basename(p) for p in (d.lock_path, d.metrics)}
+    return os.path.exists(d.config) or all(name in own or is_temp_name(name)
+                                           for name in os.listdir(out))
 
 
 def check_out_dir(out: str, resume: bool) -> None:
     """--out must be writable, and hold a run exactly when resuming (a run killed before its
     first last.pt holds only its config.json: it starts again); checked before anything is
     written, so a bad --out leaves nothing behind."""
-    last = os.path.join(out, "last.pt")
+    last = RunDir(out).last
     if resume and not os.path.isfile(last) and not killed_before_first_checkpoint(out):
         raise TrainConfigError(f"--resume: {last} does not exist (nothing to resume in --out "
                                f"{out})")
@@ -63,31 +61,29 @@ def saved_settings(out: str) -> dict | None:
     must agree with them), config.json's for a run killed before its first checkpoint, or
     None for one killed before it wrote even that (the flags given now are the run's).
     Another live run's files are not read: a busy ``out`` is refused first."""
-    config = os.path.join(out, "config.json")
-    if launch_rank() == 0 and os.path.isdir(out):
+    d = RunDir(out)
+    if d.lock is not None and os.path.isdir(out):
         # train() takes the lock for the run's lifetime; this only reports a busy --out.
-        probe = RunLock(os.path.join(out, LOCK_NAME), f"--out {out}")
-        _acquire(probe)
-        probe.release()
+        _acquire(d.lock)
+        d.release()
     if killed_before_first_checkpoint(out):
-        if not os.path.exists(config):
+        if not os.path.exists(d.config):
             return None
         try:
-            with open(config) as f:
+            with open(d.config) as f:
                 return json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TrainConfigError(f"--resume: {config} is not valid JSON ({exc}); "
+            raise TrainConfigError(f"--resume: {d.config} is not valid JSON ({exc}); "
                                    "restore it or start a new --out") from None
     try:
-        saved = load_checkpoint(os.path.join(out, "last.pt"))["config"]
+        saved = load_checkpoint(d.last)["config"]
     except ValueError as exc:
-        raise TrainConfigError(f"--resume: {exc}. {_damaged_last_advice(out)}") from None
-    _check_config_json(config, saved)
+        raise TrainConfigError(f"--resume: {exc}. {_damaged_last_advice(d.best)}") from None
+    _check_config_json(d.config, saved)
     return saved
 
 
-def _damaged_last_advice(out: str) -> str:
-    best = os.path.join(out, "best.pt")
+def _damaged_last_advice(best: str) -> str:
     state = checkpoint_state(best)
     if state.startswith("intact"):
         return (f"{best} is {state}: copy it over last.pt to resume from there (the later "
@@ -166,8 +162,8 @@ def _acquire(lock: RunLock) -> None:
 
 
 class RunDir:
-    """``out`` for one run: its paths, built once, and each step of its lifecycle. Rank 0
-    holds the lock and writes; every rank reads."""
+    """``out`` for one run: its paths, built here only, and each step of its lifecycle.
+    Rank 0 holds the lock and writes; every rank reads."""
 
     def __init__(self, out: str):
         self.out = out
@@ -176,7 +172,8 @@ class RunDir:
         self.pending = self.best + ".pending"
         self.config, self.metrics, self.results = (path("config.json"), path("metrics.jsonl"),
                                                    path("results.json"))
-        self.lock = RunLock(path(LOCK_NAME), f"--out {out}") if launch_rank() == 0 else None
+        self.lock_path = path(LOCK_NAME)
+        self.lock = RunLock(self.lock_path, f"--out {out}") if launch_rank() == 0 else None
 
     # ---- before the process group: refuse early, writing nothing
 
