@@ -2,7 +2,11 @@
 // public ops (fastadv/ops.py) validate before they get here; these keep the raw registered
 // ops (torch.ops.fastadv._*_kernel_) memory-safe when called directly: a tensor on another
 // device (e.g. a CPU seed read on the GPU), a parameter table shorter than the batch, or a
-// second tensor laid out differently from x would otherwise be read out of bounds.
+// second tensor laid out differently from x would otherwise be read out of bounds, and an
+// integer argument out of range (example_size, channel_div: `walk` and `period`) would divide
+// by zero or overflow. Every rule here has its twin in fastadv/_kernel_checks.py, which checks
+// the Triton launchers' arguments with the same messages (tests/ops/test_raw_op_fuzz.py
+// compares the two on random calls).
 // Errors name the op and the argument: ValueError for devices, shapes and layouts,
 // TypeError for dtypes (the op contract's exception types).
 #pragma once
@@ -50,15 +54,40 @@ inline void read_like(const char* op, const char* name, const at::Tensor& t, con
   }
 }
 
-// The flat walk: examples of example_size elements, channels of channel_div elements.
+// The flat walk's integers, checked before any arithmetic on them: the kernels divide by
+// example_size and channel_div, and the CPU walk takes channel_div * channels as the period
+// of the per-channel bounds. The rules (fastadv/_kernel_checks.py has the same for Triton):
+//   example_size >= 1 and channel_div >= 1, always;
+//   for a non-empty x, example_size divides x's numel (so example_size <= numel).
 // Returns the number of examples, or -1 for an empty x (nothing is read: no sizes to check).
 inline int64_t walk(const char* op, const at::Tensor& x, int64_t example_size,
                     int64_t channel_div) {
-  if (x.numel() == 0) return -1;
-  TORCH_CHECK_VALUE(example_size > 0 && x.numel() % example_size == 0, op,
-                    ": example_size must divide x's ", x.numel(), " elements, got ", example_size);
-  TORCH_CHECK_VALUE(channel_div > 0, op, ": channel_div must be positive, got ", channel_div);
-  return x.numel() / example_size;
+  TORCH_CHECK_VALUE(example_size >= 1, op, ": example_size must be >= 1, got ", example_size);
+  TORCH_CHECK_VALUE(channel_div >= 1, op, ": channel_div must be >= 1, got ", channel_div);
+  const int64_t numel = x.numel();
+  if (numel == 0) return -1;
+  TORCH_CHECK_VALUE(numel % example_size == 0, op, ": example_size must divide x's ", numel,
+                    " elements, got ", example_size);
+  return numel / example_size;
+}
+
+// The channel period: element i is in channel (i / channel_div) % channels, with `channels`
+// the length of the bound tables (1 without). channel_div * channels must divide
+// example_size, as it does for every layout the op layer derives (contiguous: H*W * C =
+// C*H*W; channels_last: 1 * C), so that the channel pattern restarts with each example.
+// Compared as channel_div <= example_size / channels first: the product cannot overflow.
+inline void period(const char* op, int64_t example_size, int64_t channel_div, int64_t channels,
+                   const char* table) {
+  const bool fits = channel_div <= example_size / channels &&
+                    example_size % (channel_div * channels) == 0;
+  if (table == nullptr) {
+    TORCH_CHECK_VALUE(fits, op, ": channel_div (", channel_div, ") must divide example_size (",
+                      example_size, ")");
+  } else {
+    TORCH_CHECK_VALUE(fits, op, ": channel_div (", channel_div, ") * channels (", channels,
+                      ", the length of ", table, ") must divide example_size (", example_size,
+                      ")");
+  }
 }
 
 // A per-example or per-channel table: fp32, contiguous, on x's device; `length` entries
@@ -75,9 +104,10 @@ inline void table(const char* op, const char* name, const std::optional<at::Tens
 }
 
 // Per-channel lower/upper index the same channels (`numel` of whichever is given), so they
-// must agree in length, and hold at least one.
+// must agree in length, and hold at least one; their length sets the channel period.
 inline void bounds(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& lower,
-                   const std::optional<at::Tensor>& upper, int64_t examples) {
+                   const std::optional<at::Tensor>& upper, int64_t examples,
+                   int64_t example_size, int64_t channel_div) {
   table(op, "lower", lower, x, -1);
   table(op, "upper", upper, x, -1);
   if (examples < 0) return;
@@ -89,6 +119,10 @@ inline void bounds(const char* op, const at::Tensor& x, const std::optional<at::
   TORCH_CHECK_VALUE(!lower.has_value() || !upper.has_value() || lower->numel() == upper->numel(),
                     op, ": lower has ", lower.has_value() ? lower->numel() : 0,
                     " channels but upper has ", upper.has_value() ? upper->numel() : 0);
+  const char* name = lower.has_value() ? "lower" : upper.has_value() ? "upper" : nullptr;
+  const int64_t channels = lower.has_value() ? lower->numel()
+                           : upper.has_value() ? upper->numel() : 1;
+  period(op, example_size, channel_div, channels, name);
 }
 
 // _linf_step_kernel_ and _l2_step_kernel_.
@@ -104,7 +138,7 @@ inline void step_args(const char* op, const at::Tensor& x, const at::Tensor& gra
   const int64_t examples = walk(op, x, example_size, channel_div);
   table(op, "eps", eps, x, examples);
   table(op, "alpha", alpha, x, examples);
-  bounds(op, x, lower, upper, examples);
+  bounds(op, x, lower, upper, examples, example_size, channel_div);
 }
 
 // _random_init_kernel_: the seed is read where x is (on the GPU, without a host sync).
@@ -121,7 +155,7 @@ inline void random_init_args(const char* op, const at::Tensor& x, const at::Tens
   TORCH_CHECK_VALUE(seed.numel() >= 1, op, ": seed must hold one value, got an empty tensor");
   const int64_t examples = walk(op, x, example_size, channel_div);
   table(op, "eps", eps, x, examples);
-  bounds(op, x, lower, upper, examples);
+  bounds(op, x, lower, upper, examples, example_size, channel_div);
 }
 
 // _keep_best_kernel_: best_loss and loss hold one value per example, in one dtype.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 
@@ -85,5 +86,34 @@ def write_atomic(path: str, data: bytes) -> None:
     _commit(path, data)
 
 
+def finite_json(obj, nulled: dict | None = None, where: str = ""):
+    """``obj`` with every NaN/inf float replaced by None (JSON has no such numbers: json.dump
+    would write bare NaN tokens, which strict parsers reject); each replaced value's path and
+    what it was go into ``nulled`` ({"loss": "nan", "rows[1].acc": "inf"})."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if nulled is not None:
+            nulled[where or "value"] = "nan" if math.isnan(obj) else ("inf" if obj > 0
+                                                                      else "-inf")
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v, nulled, f"{where}.{k}" if where else str(k))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v, nulled, f"{where}[{i}]") for i, v in enumerate(obj)]
+    return obj
+
+
+def json_record(record: dict) -> str:
+    """One strict-JSON line for a record: non-finite numbers become null, and the record
+    says which and why under "null_reason"."""
+    nulled = {}
+    clean = finite_json(record, nulled)
+    if nulled:
+        clean["null_reason"] = {k: f"the value was {v}" for k, v in nulled.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 def write_json(path: str, obj, **dump_args) -> None:
-    write_atomic(path, (json.dumps(obj, **{"indent": 1, **dump_args}) + "\n").encode())
+    """``obj`` as strict JSON (non-finite numbers as null), written atomically."""
+    text = json.dumps(finite_json(obj), **{"indent": 1, **dump_args, "allow_nan": False})
+    write_atomic(path, (text + "\n").encode())

@@ -30,7 +30,11 @@ def flat_layout(t: torch.Tensor) -> tuple[int, int] | None:
         return None
     batch = t.shape[0]
     if t.is_contiguous():  # the common case, without the general stride analysis
-        return max(t.numel() // batch if batch else 1, 1), (t.stride(1) if t.dim() > 1 else 1)
+        # Where dim 1 holds at most one element its stride is any (even 0): every element is
+        # then in channel 0, and channel_div 1 says so within the kernels' rules.
+        numel = t.numel()
+        channel_div = t.stride(1) if t.dim() > 1 and t.shape[1] > 1 and numel else 1
+        return max(numel // batch if batch else 1, 1), channel_div
     if not is_dense(t):
         return None
     example_size = t.numel() // batch if batch else 1

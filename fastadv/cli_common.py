@@ -1,5 +1,5 @@
 """What the command lines (train, eval, experiments) share: reading numbers written as
-fractions, and one line for a failed write."""
+fractions, the range of a seed, and one line for a failed write."""
 
 from __future__ import annotations
 
@@ -9,12 +9,22 @@ from fractions import Fraction
 from ._io import WriteError
 
 
+# Every seed a run derives (seed * 1_000_003 + epoch * 1009 + rank, ...) stays inside what
+# torch.manual_seed accepts (< 2**64).
+MAX_SEED = 2**44 - 1
+# No count a command takes (epochs, steps, restarts, batch size, ...) is anywhere near this;
+# a larger one is a typo, refused before it overflows a seed or a tensor size.
+MAX_COUNT = 2**31 - 1
+
+
 def number(text: str) -> float:
     """A float, also written as a fraction: ``8/255``."""
     try:
         return float(Fraction(text.strip()))
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"expected a number such as 0.03 or 8/255, got {text!r}")
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large for a float") from None
 
 
 def write_failure(exc: OSError) -> str:

@@ -43,6 +43,34 @@ class ModelSpecError(ValueError):
     """A ``--model`` spec that cannot be built or whose model does not fit the data."""
 
 
+class UntrustedModelCode(ModelSpecError):
+    """A spec read from a file (a checkpoint, a run's config.json) that would import and run
+    code the file chose, without the user having asked for that code."""
+
+
+def runs_code(spec: str) -> bool:
+    """Whether building ``spec`` imports a module it names (``package.module:factory``) or
+    reads a model definition from outside the library's registry (``timm:hf-hub:...``), rather
+    than picking a name out of torchvision's or timm's own registry."""
+    kind, _, name = _parse(spec)
+    return kind == "factory" or (kind == "timm" and name.startswith(("hf-hub:", "hf_hub:")))
+
+
+def check_trusted(spec: str, origin: str, *, trust_code: bool = False,
+                  asked_for: str | None = None) -> None:
+    """Raise UntrustedModelCode when ``spec``, read from ``origin`` (a file), would run code
+    (:func:`runs_code`) and the user asked neither for that same spec (``asked_for``: the
+    ``--model`` they typed) nor to trust the file's code (``trust_code``). Anyone can write a
+    checkpoint or a config.json, and a recomputed checksum proves nothing about its author."""
+    if trust_code or asked_for == spec or not runs_code(spec):
+        return
+    raise UntrustedModelCode(
+        f"{origin} names the model {spec!r}, which would import and run code that the file "
+        "chose; fastadv never runs code a file names unless asked: if you trust where the "
+        f"file came from, pass --trust-model-code (in Python: trust_code=True), or pass "
+        f"--model {spec} yourself")
+
+
 def is_model_spec(text: str) -> bool:
     """True when ``text`` is meant as a spec rather than a built-in model name: it contains a
     colon (``torchvision:NAME``, ``timm:NAME``, ``package.module:factory``). Whether it is

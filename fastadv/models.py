@@ -6,8 +6,11 @@ statistics; checkpoints record those arguments so ``fastadv.load_model`` can reb
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -130,6 +133,58 @@ class MadryCNN(nn.Module):
 
 MODELS = ("preact-resnet18", "wrn-34-10", "madry-cnn", "small-cnn")
 
+# What build_model accepts, checked before anything is allocated: a checkpoint's recorded
+# arguments reach it too, and a crafted one must not make it allocate a terabyte first.
+ARG_RANGES = {"num_classes": (1, 1_000_000), "in_channels": (1, 1024),
+              "image_size": (1, 16_384), "width": (1, 1024)}
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of fp32 weights: far beyond any built-in's use
+
+
+class ModelArgsError(ValueError):
+    """An argument of build_model that no model can be built with; names the argument."""
+
+
+def check_model_args(name: object, *, num_classes: object, in_channels: object,
+                     image_size: object, mean: object, std: object,
+                     width: object = None) -> None:
+    """Raise ModelArgsError, naming the argument, unless every argument has the right type and
+    lies in ``ARG_RANGES`` (``width`` may be None), ``mean``/``std`` hold 1 or
+    ``in_channels`` finite numbers (``std`` positive), and a built-in model of these
+    arguments has at most ``MAX_PARAMETERS`` parameters (counted on the meta device, so a
+    huge ``width`` or ``image_size`` is refused without being allocated)."""
+    if not isinstance(name, str) or not name:
+        raise ModelArgsError(f"model name must be a non-empty string, got {name!r}")
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                       ("image_size", image_size), ("width", width)):
+        if arg == "width" and value is None:
+            continue
+        low, high = ARG_RANGES[arg]
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ModelArgsError(f"{arg} must be an integer, got {value!r} "
+                                 f"({type(value).__name__})")
+        if not low <= value <= high:
+            raise ModelArgsError(f"{arg} must lie in [{low}, {high}], got {value}")
+    for arg, values in (("mean", mean), ("std", std)):
+        if (not isinstance(values, Sequence) or isinstance(values, str)
+                or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                           for v in values)):
+            raise ModelArgsError(f"{arg} must be a sequence of numbers, got {values!r}")
+        if len(values) not in (1, in_channels):
+            raise ModelArgsError(f"{arg} must hold 1 or in_channels = {in_channels} values, "
+                                 f"got {len(values)}")
+        if not all(math.isfinite(v) for v in values) or (
+                arg == "std" and not all(v > 0 for v in values)):
+            raise ModelArgsError(f"{arg} values must be finite{' and positive' * (arg == 'std')}"
+                                 f", got {tuple(values)}")
+    if name in MODELS:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            count = sum(p.numel() for p in _build(name, num_classes, in_channels, image_size,
+                                                  (0.5,), (0.5,), width).parameters())
+        if count > MAX_PARAMETERS:
+            raise ModelArgsError(f"{name} with width={width}, image_size={image_size}, "
+                                 f"num_classes={num_classes} would have {count:,} parameters "
+                                 f"(at most {MAX_PARAMETERS:,})")
+
 
 def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
@@ -140,11 +195,17 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
     model spec (torchvision:NAME, timm:NAME, package.module:factory; see
     fastadv.model_specs); ``pretrained`` applies to torchvision: and timm: specs (their
     weights from the local cache), and a checkpoint rebuilds without it (its weights fill
-    the model)."""
+    the model). Every argument is checked first (:func:`check_model_args`)."""
+    check_model_args(name, num_classes=num_classes, in_channels=in_channels,
+                     image_size=image_size, mean=mean, std=std, width=width)
     mean, std = per_channel(mean, in_channels), per_channel(std, in_channels)
     if is_model_spec(name):
         return build_from_spec(name, num_classes=num_classes, in_channels=in_channels,
                                mean=mean, std=std, pretrained=pretrained)
+    return _build(name, num_classes, in_channels, image_size, mean, std, width)
+
+
+def _build(name, num_classes, in_channels, image_size, mean, std, width) -> nn.Module:
     if name == "preact-resnet18":
         return PreActResNet18(num_classes, mean, std, in_channels)
     if name == "wrn-34-10":

@@ -5,7 +5,8 @@ Each public function has one call path: it checks its arguments once (``_checks`
 calls the registered op ``torch.ops.fastadv.<op>``, whose implementation picks a backend
 (``backends``) and launches its kernel. The kernels in ``kernels/`` (Triton) and ``csrc/``
 (C++/CUDA) and the reference in ``reference.py`` trust these checks for the values; the C++
-entry points keep their own memory-safety checks (``csrc/checks.h``).
+entry points keep their own memory-safety checks (``csrc/checks.h``), and the Triton launchers
+are called through the same rules in Python (``_kernel_checks``).
 """
 
 import functools
@@ -14,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _checks, backends, reference
+from . import _checks, _kernel_checks, backends, reference
 from ._layout import flat_layout, same_strides
 
 # --------------------------------------------------------------------------- dispatch
@@ -37,12 +38,15 @@ class _TritonFailed(Exception):
 
 def _triton_launcher(name: str, launch):
     """Runs a Triton launcher on x's device (the current CUDA device and its stream are where
-    Triton launches; the C++ kernels do the same with a CUDAGuard). A kernel that fails to
-    compile or launch, unforced, is recorded and raises _TritonFailed so that the op runs the
-    next backend. Nothing has been written then: Triton compiles before it launches, and a
-    launch that fails enqueues nothing."""
+    Triton launches; the C++ kernels do the same with a CUDAGuard), after the checks the C++
+    kernel op makes (``_kernel_checks``, csrc/checks.h's rules): a registered op called
+    directly with bad arguments raises there instead of launching out of bounds. A kernel that
+    fails to compile or launch, unforced, is recorded and raises _TritonFailed so that the op
+    runs the next backend. Nothing has been written then: Triton compiles before it launches,
+    and a launch that fails enqueues nothing."""
     @functools.wraps(launch)
     def run(x: Tensor, *args):
+        _kernel_checks.launcher_args(name, x, args)  # outside the try: not a Triton failure
         try:
             if x.is_cuda and x.device.index != torch.cuda.current_device():
                 with torch.cuda.device(x.device):
@@ -76,7 +80,9 @@ def _launch_flat_with(launch, x: Tensor, reads: list, *params) -> None:
     if x.is_contiguous() and all(r.is_contiguous() for r in reads):  # the per-step case
         numel, batch = x.numel(), x.shape[0]
         example_size = max(numel // batch if batch else 1, 1)
-        launch(x, *reads, *params, example_size, x.stride(1) if x.dim() > 1 else 1)
+        # As flat_layout: 1 where dim 1 holds at most one element (its stride is then any).
+        channel_div = x.stride(1) if x.dim() > 1 and x.shape[1] > 1 and numel else 1
+        launch(x, *reads, *params, example_size, channel_div)
         return
     layout = flat_layout(x)
     work = x if layout is not None else x.contiguous()
@@ -154,7 +160,9 @@ def _pgd_op(
         _check_devices("pgd_", x_adv, grad=grad, x_nat=x_nat, eps_per_example=eps_per_example,
                        alpha_per_example=alpha_per_example, lower_per_channel=lower_per_channel,
                        upper_per_channel=upper_per_channel)
-    kernel = _STEP_KERNELS.get(norm) or f"{norm}_step"
+    kernel = _STEP_KERNELS.get(norm)
+    if kernel is None:  # the registered op called directly with another norm
+        _checks.norm(norm)
     backend = backends.select(device, kernel)
     if _uses_reference(backend, x_adv, grad):
         step = reference.linf_step if norm == "linf" else reference.l2_step
@@ -206,8 +214,14 @@ def _pgd_triton(
 ) -> None:
     from . import kernels
 
-    launch = kernels.linf_step if norm == "linf" else kernels.l2_step
-    _launch_flat_with(launch, x_adv, [grad, x_nat], eps_per_example, eps, alpha_per_example,
+    name = _STEP_KERNELS.get(norm) or _checks.norm(norm)  # which raises for another norm
+    launch = getattr(kernels, name)
+
+    def checked(x, *args):  # the checks of _triton_launcher, on the tracer's tensors too
+        _kernel_checks.launcher_args(name, x, args)
+        launch(x, *args)
+
+    _launch_flat_with(checked, x_adv, [grad, x_nat], eps_per_example, eps, alpha_per_example,
                       alpha, lower_per_channel, lower, upper_per_channel, upper)
 
 

@@ -46,7 +46,9 @@ def aligned_split(numel: int, tensors) -> Split:
     head = 0
     if any(p % VECTOR_BYTES for p in ptrs):  # fresh allocations are aligned: skip the search
         sizes = [t.element_size() for t in tensors]
-        for h in range(1, min(EDGE, numel + 1)):
+        # head < numel: a head of every element would leave `shifted` tensors empty, whose
+        # data_ptr() is null, and the head block then reads and writes just below address 0.
+        for h in range(1, min(EDGE, numel)):
             if all((p + h * s) % VECTOR_BYTES == 0 for p, s in zip(ptrs, sizes)):
                 head = h
                 break

@@ -29,6 +29,8 @@ def keep_best(best_x, best_loss, x, loss, example_size):
     examples = best_loss.numel()
     if examples == 0:
         return
+    if best_x.numel() == 0:  # empty examples ([B, 0]): the losses update, nothing is copied
+        example_size = 0
     _keep_best_kernel[(examples,)](
         best_x, best_loss, x, loss, example_size,
         BLOCK=BLOCK_SIZE if example_size >= BLOCK_SIZE else SMALL_BLOCK_SIZE,

@@ -44,6 +44,7 @@ template <typename Body>
 void parallel_walk(const Layout& layout, const PerIndex& lower, const PerIndex& upper,
                    Body&& body) {
   const bool per_channel = lower.varies() || upper.varies();
+  // checks::period has made sure that the period divides example_size: no overflow, no 0.
   const int64_t period = layout.channel_div * layout.channels;
   const bool use_table = per_channel && period <= kTableLength;
 

@@ -175,6 +175,16 @@ __device__ __forceinline__ int64_t grid_threads() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
+// Blocks of a launch with one block per example (l2_step, keep_best): the grid holds at most
+// 2^31 - 1 blocks in x, so more examples (example_size 1 of a tensor that large) are refused
+// rather than cut short by the cast.
+inline unsigned example_blocks(const char* op, int64_t examples) {
+  TORCH_CHECK_VALUE(examples <= std::numeric_limits<int32_t>::max(), op, ": ", examples,
+                    " examples are more than the CUDA grid's 2147483647 blocks (one per "
+                    "example); use a larger example_size");
+  return static_cast<unsigned>(examples);
+}
+
 // Blocks for a grid-stride loop over `items`: enough to fill every SM, no more.
 inline unsigned grid_size(int64_t items, int threads) {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();

@@ -46,7 +46,7 @@ void launch(const at::Tensor& best_x, const at::Tensor& best_loss, const at::Ten
   // One block per loss: with empty examples ([B, 0]) the losses still update, nothing is copied.
   const int64_t examples = best_loss.numel();
   keep_best_kernel<E, Loss, VEC>
-      <<<static_cast<unsigned>(examples), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      <<<example_blocks("fastadv::_keep_best_kernel_", examples), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           static_cast<E*>(best_x.mutable_data_ptr()),
           best_loss.mutable_data_ptr<Loss>(), static_cast<const E*>(x.const_data_ptr()),
           loss.const_data_ptr<Loss>(), x.numel() == 0 ? 0 : example_size);

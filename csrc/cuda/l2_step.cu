@@ -105,7 +105,7 @@ void launch(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat
             const BallParams& p, const Layout& L) {
   constexpr int VEC = kPackBytes / sizeof(T);
   const int64_t examples = L.numel / L.example_size;
-  l2_step_kernel<T, G, VEC><<<static_cast<unsigned>(examples), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  l2_step_kernel<T, G, VEC><<<example_blocks("fastadv::_l2_step_kernel_", examples), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       x.mutable_data_ptr<T>(), grad.const_data_ptr<G>(), x_nat.const_data_ptr<T>(), p, L);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

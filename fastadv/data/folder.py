@@ -9,14 +9,40 @@ does). Names starting with '.' (files and folders) and files whose extension is 
 IMG_EXTENSIONS are ignored. File order is sorted by relative path, so it does not depend on
 the filesystem; labels of val/test are train's class indices, matched by folder name.
 
+Symlinks, the policy (an image is listed once, under the class folder that holds it):
+  * a class folder, or train/, val/, test/ themselves, may be a link to anywhere.
+  * a link to a FOLDER inside a class folder is followed only when it resolves to a folder
+    inside that class folder's resolved path; one that resolves outside it (another class,
+    another split, the set's root, elsewhere on disk) is refused with a FolderError naming
+    the link and its target: followed, it would list images under the wrong class or twice.
+  * a link that leads back to a folder holding it (``train/a/up -> ..``) or that never
+    resolves (a -> b -> a) is a symlink loop: FolderError naming the link.
+  * a link to a FILE is followed wherever it points (a set assembled from links to a pool
+    of images); a broken one is skipped, like an unreadable file, "broken symlink".
+  * duplicates: the same resolved file reached twice (through a file link, a folder link
+    or two class folders linking one folder), in one class, two classes or two splits, is
+    refused with a FolderError naming both paths: never counted twice, never given two
+    labels, never in both train and test. (Copies and hard links are not detected.)
+A FolderError is bad input: ``python -m fastadv.train`` reports it in one line, exit 2.
+
+Decoding, the policy: the image's EXIF orientation is applied (``ImageOps.exif_transpose``,
+as torchvision's ``decode_image(apply_exif_orientation=True)``), so a photo tagged "rotated"
+is seen upright. Then each Pillow mode becomes [0, 1] values by the one table DECODE (mode
+-> rule): the 8-bit modes by Pillow's own conversion to RGB, 16-bit grey / 65535 at full
+precision, mode I (32-bit integer) and mode F (32-bit float) by a rule on their values,
+refusing what does not fit it with the mode named; a mode not in DECODE is refused.
+
 Unreadable files, the policy:
   * at scan, every image's header is read (``PIL.Image.open``, no pixel decoding; 8 threads).
     A file PIL cannot identify (garbage bytes, an empty file, a cut header) is SKIPPED and
     listed in ``FolderSplits.skipped`` with the reason; summary_line reports it. If skipping
     leaves a class folder of train with no images, that is an error naming the folder.
-  * a file whose header is fine but whose body is not (truncated, corrupt) is only found when
-    it is decoded: ImageFiles.__getitem__ raises FolderError naming the file. It is not
-    skipped silently then, because the file list (and its fingerprint) is part of the run.
+    A file whose mode DECODE refuses (known from the header) is skipped the same way.
+  * a file whose header is fine but whose body is not (truncated, corrupt), or whose values
+    its mode's rule refuses, is only found when it is decoded: ImageFiles.__getitem__ raises
+    FolderError naming the file. It is not skipped silently then, because the file list (and
+    its fingerprint) is part of the run. Raised in a DataLoader worker, the error reaches
+    the main process with the same one-line message (see FolderError).
 
 Decoding and augmentation run per image on the CPU (in DataLoader workers), unlike the
 in-memory datasets of this package. Every random draw of train_transform comes from torch's
@@ -28,6 +54,7 @@ module's functions are called: ``pip install torchvision`` or ``pip install 'fas
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Sequence
@@ -52,8 +79,39 @@ _CHUNK = 256  # files per thread-pool task: few futures even for a million files
 
 
 class FolderError(ValueError):
-    """A problem with the files of a ``folder:PATH`` set; the message names the path and what
-    to do about it."""
+    """A problem with the files of a ``folder:PATH`` set; the message (one line) names the
+    path and what to do about it.
+
+    Raised in a DataLoader worker, it is re-raised in the main process by torch as
+    ``FolderError(text)`` with ``text`` the worker's whole traceback ("Caught FolderError in
+    DataLoader worker process 0. Original Traceback ..."): the original one-line message is
+    recovered from its last line, so an image that fails in a worker reads as it does
+    without workers. The worker's traceback is kept as ``worker_traceback`` (and as a note,
+    shown when the error is not caught)."""
+
+    worker_traceback: str | None = None
+
+    def __init__(self, *args):
+        text = args[0] if len(args) == 1 and isinstance(args[0], str) else None
+        original = None if text is None else _worker_message(text, type(self))
+        if original is None:
+            super().__init__(*args)
+            return
+        super().__init__(original)
+        self.worker_traceback = text
+        if hasattr(self, "add_note"):  # Python 3.11+
+            self.add_note(text.rstrip("\n"))
+
+
+def _worker_message(text: str, cls: type) -> str | None:
+    """The message of a ``cls`` raised in a DataLoader worker, out of the text torch re-raises
+    it with (torch.utils.data._utils.ExceptionWrapper.reraise); None for any other text."""
+    head, _, rest = text.partition("\n")
+    if not (head.startswith(f"Caught {cls.__name__} ") and "DataLoader worker" in head):
+        return None
+    name = f"{cls.__module__}.{cls.__qualname__}: "
+    lines = rest.rstrip("\n").split("\n")
+    return lines[-1][len(name):] if lines[-1].startswith(name) else None
 
 
 def require_vision():
@@ -121,50 +179,166 @@ class FolderSplits:
         return h.hexdigest()
 
 
-def _image_files(folder: str, rel_folder: str) -> list[str]:
-    """Relative paths ('/'-separated, under rel_folder) of the image files anywhere below
-    folder, hidden names skipped, symlinked folders followed once (a link loop is cut)."""
-    found, seen = [], set()
+class _Lister:
+    """Lists the image files of class folders (see "Symlinks" in the module docstring): one
+    per scan, shared by every split, so that a file or folder reached twice is caught across
+    classes and splits alike."""
 
-    def walk(path: str, rel: str):
-        real = os.path.realpath(path)
-        if real in seen:
+    def __init__(self, root: str, where: str):
+        self.root, self.where = os.path.realpath(root), where
+        self.files: dict[str, str] = {}  # resolved image file -> the relative path listing it
+        self.done: dict[str, tuple[str, str | None]] = {}  # resolved folder walked -> (its
+        #   relative path, the first image listed under it or None)
+        self.open: dict[str, str] = {}  # resolved folders being walked -> relative path
+        self.listed: list[str] = []  # every relative path listed so far, in walk order
+
+    def class_folder(self, path: str, rel: str) -> list[str]:
+        """Relative paths ('/'-separated, under rel) of the image files below the class
+        folder ``path``; FolderError for a link loop, a folder link leaving the class folder
+        or a file listed twice."""
+        top = os.path.realpath(path)
+        start = len(self.listed)
+        self._walk(path, rel, top, top, rel)
+        return self.listed[start:]
+
+    def _name(self, real: str) -> str:
+        """A resolved path as the user knows it: relative to the set's root when inside it."""
+        if _inside(real, self.root):
+            return os.path.relpath(real, self.root).replace(os.sep, "/") + "/"
+        return real
+
+    def _walk(self, path: str, rel: str, real: str, top: str, top_rel: str) -> None:
+        if real in self.done:  # the same folder reached a second time (through a link)
+            first_rel, first_image = self.done[real]
+            if first_image is not None:
+                raise self._twice(first_image, rel + first_image[len(first_rel):])
             return
-        seen.add(real)
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
+        self.open[real] = rel
+        start = len(self.listed)
+        try:
+            with os.scandir(path) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as error:
+            raise _listing_error(self.where, error, rel) from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            sub = f"{rel}/{entry.name}"
+            try:
+                link, folder = entry.is_symlink(), entry.is_dir()
+            except OSError as error:  # ELOOP: a link that resolves to itself, a -> b -> a
+                raise _listing_error(self.where, error, sub) from None
+            if folder and not link:
+                self._walk(entry.path, sub, os.path.join(real, entry.name), top, top_rel)
+            elif folder:
+                target = os.path.realpath(entry.path)
+                if target in self.open or _inside(real, target):
+                    raise FolderError(
+                        f"{self.where}: symlink loop: {sub} -> {os.readlink(entry.path)} leads "
+                        f"back to {self._name(target)}, a folder that holds the link; remove "
+                        f"the link")
+                if not _inside(target, top):
+                    raise FolderError(
+                        f"{self.where}: {sub} is a symlink to the folder {self._name(target)}, "
+                        f"outside its class folder {top_rel}/ (links to folders are followed "
+                        f"only inside their class folder, so that no image is listed twice or "
+                        f"under another class); move or link the image files themselves into "
+                        f"{top_rel}/, or make {top_rel} itself the link")
+                self._walk(entry.path, sub, target, top, top_rel)
+            elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                # A link to a file is followed wherever it points; a broken one is listed
+                # and skipped at the header check, with the reason.
+                if link and not os.path.exists(entry.path):
+                    self.listed.append(sub)
                     continue
-                if entry.is_dir():
-                    walk(entry.path, f"{rel}/{entry.name}")
-                elif entry.name.lower().endswith(IMG_EXTENSIONS) and entry.is_file():
-                    found.append(f"{rel}/{entry.name}")
+                resolved = os.path.realpath(entry.path) if link else os.path.join(
+                    real, entry.name)
+                if not (link or entry.is_file()):
+                    continue  # a fifo, socket or device named like an image
+                if resolved in self.files:
+                    raise self._twice(self.files[resolved], sub)
+                self.files[resolved] = sub
+                self.listed.append(sub)
+        del self.open[real]
+        self.done[real] = (rel, self.listed[start] if len(self.listed) > start else None)
 
-    walk(folder, rel_folder)
-    return found
+    def _twice(self, first: str, second: str) -> FolderError:
+        return FolderError(f"{self.where}: {first} and {second} are the same file (through a "
+                           f"symlink): an image may be listed once only (twice in one class "
+                           f"counts it double, in two classes or splits it contradicts itself); "
+                           f"remove one of them")
 
 
-def _class_folders(split_dir: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(split_dir)
-                  if not e.name.startswith(".") and e.is_dir())
+def _listing_error(where: str, error: OSError, rel: str) -> FolderError:
+    """The FolderError for an OSError met while listing ``rel`` (bad input, not a failed
+    write: the CLI exits with status 2)."""
+    if error.errno == errno.ELOOP:
+        return FolderError(f"{where}: symlink loop: {rel} does not resolve (too many levels "
+                           f"of symbolic links); remove or fix the link")
+    if error.errno == errno.ENOENT and os.path.islink(error.filename or ""):
+        return FolderError(f"{where}: {rel} is a broken symlink (to "
+                           f"{os.readlink(error.filename)}); fix or remove it")
+    return FolderError(f"{where}: cannot list {rel}: {_reason(error, error.filename or '')}")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether the resolved ``path`` is ``folder`` or lies below it."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _class_folders(split_dir: str, split: str, where: str) -> list[str]:
+    names = []
+    try:
+        with os.scandir(split_dir) as listing:
+            entries = list(listing)
+    except OSError as error:
+        raise _listing_error(where, error, split) from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir():
+                names.append(entry.name)
+            elif entry.is_symlink():  # broken: a class must not vanish silently
+                os.stat(entry.path)
+        except OSError as error:  # a class-folder link that loops or is broken
+            raise _listing_error(where, error, f"{split}/{entry.name}") from None
+    return sorted(names)
+
+
+def _split_folder(root: str, split: str, where: str) -> str | None:
+    """root/split when it is a folder, None when there is no such name; FolderError for a
+    broken or looping link of that name (a split must not vanish silently)."""
+    path = os.path.join(root, split)
+    if not os.path.lexists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        raise _listing_error(where, error, split) from None
+    return path
 
 
 def _check_header(path: str, image_module) -> tuple[int, str | None]:
-    """(file size, None) when PIL can identify the image from its header, else (size, reason)."""
+    """(file size, None) when PIL can identify the image from its header and DECODE takes its
+    mode, else (size, reason)."""
     try:
         size = os.path.getsize(path)
-    except OSError as error:  # vanished or unreadable since the listing
+    except OSError as error:  # vanished or unreadable since the listing, or a broken link
+        if os.path.islink(path) and not os.path.exists(path):
+            return 0, f"broken symlink (to {os.readlink(path)})"
         return 0, _reason(error, path)
     if size == 0:
         return size, "empty file"
     try:
         with image_module.open(path) as im:  # reads the header only
             im.size  # noqa: B018 (touch it: a lazy plugin may parse on first access)
+            mode = im.mode
     except image_module.UnidentifiedImageError:
         return size, "cannot identify image file"  # PIL's own message repeats the full path
     except Exception as error:  # noqa: BLE001 (any failure to open means unreadable)
         return size, _reason(error, path)
-    return size, None
+    return size, refusal(mode)  # a mode DECODE refuses is as unreadable
 
 
 def _reason(error: Exception, path: str) -> str:
@@ -179,26 +353,33 @@ def _check_chunk(root: str, rels: Sequence[str], image_module) -> list[tuple[int
 def scan_folder(path: str) -> FolderSplits:
     """Scan ``path`` (layout in the module docstring) -> FolderSplits; FolderError for a
     missing or malformed layout, an empty split, fewer than 2 classes, an empty class folder
-    of train, or a val/test class that train lacks. Reads every image's header (see the
-    module docstring for what happens to unreadable files)."""
+    of train, a val/test class that train lacks, a symlink loop, a folder link leaving its
+    class folder, or a file listed twice (see "Symlinks" in the module docstring). Reads
+    every image's header (see the module docstring for what happens to unreadable files)."""
     _, image_module = require_vision()
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     where = f"folder:{root}"
-    if not os.path.exists(root):
+    if not os.path.lexists(root):
         raise FolderError(f"{where}: no such folder (expected {LAYOUT})")
+    try:
+        os.stat(root)
+    except OSError as error:  # a broken or looping link
+        raise _listing_error(where, error, root) from None
     if not os.path.isdir(root):
         raise FolderError(f"{where}: not a folder (expected {LAYOUT})")
-    train_dir = os.path.join(root, "train")
-    if not os.path.isdir(train_dir):
+    train_dir = _split_folder(root, "train", where)
+    if train_dir is None or not os.path.isdir(train_dir):
         inside = sorted(n for n in os.listdir(root) if not n.startswith("."))[:8]
         raise FolderError(f"{where}: no train/ folder (found: {', '.join(inside) or 'nothing'}); "
                           f"expected {LAYOUT}")
 
-    classes = _class_folders(train_dir)
+    classes = _class_folders(train_dir, "train", where)
     if not classes:
         raise FolderError(f"{where}: train/ is empty: it holds no class folders "
                           f"(expected {LAYOUT})")
-    per_class = {c: _image_files(os.path.join(train_dir, c), f"train/{c}") for c in classes}
+    lister = _Lister(root, where)
+    per_class = {c: lister.class_folder(os.path.join(train_dir, c), f"train/{c}")
+                 for c in classes}
     if not any(per_class.values()):
         raise FolderError(f"{where}: train/ is empty: its class folders hold no image files "
                           f"(extensions {', '.join(IMG_EXTENSIONS)})")
@@ -213,20 +394,20 @@ def scan_folder(path: str) -> FolderSplits:
     found = {"train": sorted((rel, index[c]) for c, rels in per_class.items() for rel in rels)}
 
     for split in ("val", "test"):
-        split_dir = os.path.join(root, split)
-        if not os.path.exists(split_dir):
+        split_dir = _split_folder(root, split, where)
+        if split_dir is None:
             found[split] = None
             continue
         if not os.path.isdir(split_dir):
             raise FolderError(f"{where}: {split} is not a folder; {split}/ should hold class "
                               f"folders like train/ (or remove it)")
         items = []
-        for c in _class_folders(split_dir):
+        for c in _class_folders(split_dir, split, where):
             if c not in index:
                 raise FolderError(f"{where}: {split}/{c} is not a class of train/ (classes: "
                                   f"{', '.join(classes)}); rename or remove it")
-            items += [(rel, index[c]) for rel in _image_files(os.path.join(split_dir, c),
-                                                             f"{split}/{c}")]
+            items += [(rel, index[c]) for rel in lister.class_folder(os.path.join(split_dir, c),
+                                                                    f"{split}/{c}")]
         if not items:
             raise FolderError(f"{where}: {split}/ exists but holds no images (expected "
                               f"{split}/<class>/<image files>); add images or remove it")
@@ -296,26 +477,129 @@ def default_augment(image_size: int) -> str:
     return "rrc" if image_size >= 64 else "pad-crop"
 
 
-def to_rgb(image):
-    """A PIL image of any mode -> mode RGB (grayscale is repeated, alpha dropped, a palette
-    expanded). 16-bit grayscale is scaled to 8 bits (PIL's own conversion would clip it)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        import numpy as np
-        from PIL import Image
+# How each Pillow mode becomes the float [3, H, W] in [0, 1] the model sees: the whole rule.
+#   "rgb":     Pillow's own convert("RGB"), then /255 (8 bits a channel; grey repeated);
+#   "via-LA":  convert("LA") first (Pillow un-premultiplies the alpha), then as "rgb";
+#   "via-RGBA": convert("RGBA") first (a palette's transparency kept apart), then as "rgb";
+#   "uint16":  value / 65535, kept at full precision (not rounded to 8 bits);
+#   "int32":   the rule for mode I in _int32_scale;
+#   "float":   taken as is when every value is finite and in [0, 1], else refused;
+#   "refuse":  the image is refused, the mode named.
+# Alpha is dropped (the stored colour is kept, not composited over a background), and no
+# embedded ICC profile is applied. A mode not in the table (a newer Pillow's) is refused.
+DECODE: dict[str, tuple[str, str]] = {
+    "1": ("rgb", "bilevel: 0 -> 0, 1 -> 1, repeated to 3 channels"),
+    "L": ("rgb", "8-bit grey / 255, repeated to 3 channels"),
+    "LA": ("rgb", "8-bit grey / 255, repeated; alpha dropped"),
+    "La": ("via-LA", "grey premultiplied by alpha: un-premultiplied, then as LA"),
+    "P": ("rgb", "the palette's colours / 255 (with transparency: via RGBA, alpha dropped)"),
+    "PA": ("via-RGBA", "the palette's colours / 255; alpha dropped"),
+    "RGB": ("rgb", "/ 255"),
+    "RGBA": ("rgb", "/ 255; alpha dropped"),
+    "RGBa": ("rgb", "premultiplied by alpha: un-premultiplied by Pillow; alpha dropped"),
+    "RGBX": ("rgb", "/ 255; the padding channel dropped"),
+    "CMYK": ("rgb", "Pillow's CMYK -> RGB (no ICC profile applied)"),
+    "YCbCr": ("rgb", "Pillow's YCbCr -> RGB (JPEG's full-range BT.601)"),
+    "LAB": ("rgb", "Pillow's CIELab -> sRGB (refused where a Pillow cannot convert it)"),
+    "HSV": ("rgb", "Pillow's HSV -> RGB"),
+    "I;16": ("uint16", "16-bit grey / 65535, full precision, repeated"),
+    "I;16L": ("uint16", "16-bit grey / 65535, full precision, repeated"),
+    "I;16B": ("uint16", "16-bit grey / 65535, full precision, repeated"),
+    "I;16N": ("uint16", "16-bit grey / 65535, full precision, repeated"),
+    "I": ("int32", "32-bit integer grey, no full scale of its own: from PNG or PPM/PGM (16 "
+                   "bits at most) / 65535; otherwise all values in 0..255 -> / 255, all in "
+                   "0..65535 -> / 65535, a negative value or one above 65535 -> refused"),
+    "F": ("float", "32-bit float grey, taken as is; refused unless every value is finite and "
+                   "in [0, 1]"),
+    "BGR;15": ("refuse", "packed BGR (Pillow < 12 only); save the image as RGB"),
+    "BGR;16": ("refuse", "packed BGR (Pillow < 12 only); save the image as RGB"),
+    "BGR;24": ("refuse", "packed BGR (Pillow < 12 only); save the image as RGB"),
+}
+_SIXTEEN_BIT_FORMATS = ("PNG", "PPM")  # their mode I holds samples of 16 bits at most
 
-        # Mode "I" is how older Pillow opens 16-bit PNGs; 65535 / 257 = 255.
-        pixels = np.asarray(image).astype(np.float64) / 257
-        image = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8), "L")
-    elif image.mode == "PA" or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")  # PIL warns when a palette with transparency goes to RGB
-    return image.convert("RGB")
+
+def refusal(mode: str) -> str | None:
+    """Why an image of Pillow mode ``mode`` is refused whatever its pixels, or None when its
+    mode decodes (modes "I" and "F" may still be refused for their values)."""
+    how, what = DECODE.get(mode, ("refuse", None))
+    if how != "refuse":
+        return None
+    if what is None:
+        return (f"Pillow mode {mode} is not one this loader decodes (it decodes "
+                f"{', '.join(m for m, (h, _) in DECODE.items() if h != 'refuse')}); save the "
+                f"image as RGB")
+    return f"Pillow mode {mode} is not decoded: {what}"
+
+
+def decode(image, image_format: str | None = None):
+    """A PIL image of any mode -> what ImageTransform's pipeline takes: a PIL RGB image for
+    the 8-bit modes, a float32 ``tv_tensors.Image`` [3, H, W] in [0, 1] for the modes of
+    more bits ("I;16*", "I", "F"), so that they keep their precision. The rule per mode is
+    DECODE; FolderError naming the mode for a refused one. ``image_format`` (Pillow's
+    ``image.format``, e.g. "PNG"; by default the image's own) settles mode I's scale.
+    An RGB image or a tensor is returned as it is."""
+    if isinstance(image, Tensor):
+        return image
+    mode = image.mode
+    why = refusal(mode)
+    if why is not None:
+        raise FolderError(why)
+    how = DECODE[mode][0]
+    if how == "rgb" or how.startswith("via-"):
+        if mode == "RGB":
+            return image
+        if how.startswith("via-"):
+            image = image.convert(how[len("via-"):])
+        elif mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")  # PIL warns when a palette with transparency goes to RGB
+        return image.convert("RGB")
+
+    import numpy as np
+    from torchvision import tv_tensors
+
+    pixels = np.asarray(image)
+    if how == "uint16":
+        values = pixels.astype(np.float64) / 65535
+    elif how == "int32":
+        fmt = image_format if image_format is not None else getattr(image, "format", None)
+        values = pixels.astype(np.float64) / _int32_scale(pixels, fmt)
+    else:  # "float"
+        values = pixels.astype(np.float64)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0
+                                and values.max() <= 1):
+            finite = values[np.isfinite(values)]
+            found = (f"values in [{finite.min():.6g}, {finite.max():.6g}]" if finite.size
+                     else "no finite value")
+            if finite.size < values.size:
+                found += f" and {values.size - finite.size} NaN or infinite"
+            raise FolderError(f"Pillow mode F (32-bit float) must hold values in [0, 1]; this "
+                              f"image has {found}; save it scaled to [0, 1] or as 8/16-bit")
+    grey = torch.from_numpy(values.astype(np.float32))
+    return tv_tensors.Image(grey.unsqueeze(0).repeat(3, 1, 1))
+
+
+def _int32_scale(pixels, image_format: str | None) -> int:
+    """Mode I's full scale (see DECODE["I"]): 65535 for a format of 16 bits at most, else
+    255 or 65535 by the range of the values; FolderError for a range that fits neither."""
+    if image_format in _SIXTEEN_BIT_FORMATS:
+        low, high = 0, 65535
+        if pixels.size and (pixels.min() < low or pixels.max() > high):
+            raise FolderError(f"Pillow mode I from {image_format} holds values outside "
+                              f"0..65535 ([{pixels.min()}, {pixels.max()}])")
+        return high
+    low, high = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise FolderError(f"Pillow mode I (32-bit integer) holds values in [{low}, {high}]: "
+                          f"it is decoded only with values in 0..255 (8-bit, / 255) or "
+                          f"0..65535 (16-bit, / 65535); save it as 8 or 16-bit, or scaled to "
+                          f"[0, 1] as float")
+    return 255 if high <= 255 else 65535
 
 
 class ImageTransform:
-    """PIL image -> float32 tensor [3, S, S] in [0, 1]: to_rgb, then a torchvision v2
-    pipeline. A plain class (not a lambda) so it pickles into DataLoader workers."""
+    """PIL image (any mode DECODE takes) -> float32 tensor [3, S, S] in [0, 1]: decode, then
+    a torchvision v2 pipeline (on the PIL image for 8-bit modes, on a float tensor for the
+    others). A plain class (not a lambda) so it pickles into DataLoader workers."""
 
     def __init__(self, image_size: int, augment: str):
         v2, _ = require_vision()
@@ -335,11 +619,12 @@ class ImageTransform:
         else:
             steps = resize
         self.image_size, self.augment = s, augment
-        # Geometry on the PIL image (Pillow's resize), then one conversion to a float tensor.
+        # Geometry on the PIL image (Pillow's resize), then one conversion to a float tensor
+        # (a float tensor from decode passes ToImage and ToDtype unchanged).
         self.pipeline = v2.Compose(steps + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 
     def __call__(self, image) -> Tensor:
-        return self.pipeline(to_rgb(image))
+        return self.pipeline(decode(image))
 
     def __repr__(self) -> str:
         return f"ImageTransform(image_size={self.image_size}, augment={self.augment!r})"
@@ -378,20 +663,28 @@ class ImageFiles(torch.utils.data.Dataset):
         return torch.tensor([y for _, y in self.items], dtype=torch.int64)
 
     def load(self, i: int):
-        """The i-th image decoded in full, as a PIL RGB image; FolderError naming the file if
-        it cannot be decoded."""
+        """The i-th image decoded in full, turned upright by its EXIF orientation and
+        converted by ``decode`` (a PIL RGB image, or a float tensor for modes of more than 8
+        bits); FolderError naming the file if it cannot be decoded or is refused."""
         _, image_module = require_vision()
+        from PIL import ImageOps
+
         path = os.path.join(self.root, self.items[i][0])
         try:
             with image_module.open(path) as im:
                 im.load()  # decode all pixels now, so a truncated body fails here
-                return to_rgb(im)
+                upright = ImageOps.exif_transpose(im)  # a copy, turned when the tag says so
+                return decode(upright, im.format)
         except Exception as error:  # noqa: BLE001 (any decode failure is the file's problem)
-            reason = _reason(error, path)
-            if isinstance(error, image_module.UnidentifiedImageError):
+            if isinstance(error, FolderError):
+                reason = str(error)
+            elif isinstance(error, image_module.UnidentifiedImageError):
                 reason = "cannot identify image file"
-            raise FolderError(f"cannot read image {os.path.abspath(path)}: {reason}; remove it "
-                              f"(and start a new run: the file list is part of the run)") from error
+            else:
+                reason = _reason(error, path)
+            raise FolderError(f"cannot read image {os.path.abspath(path)}: {reason}; replace or "
+                              f"remove it (and start a new run: the file list is part of the "
+                              f"run)") from error
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         image = self.load(i)

@@ -14,12 +14,12 @@ import torch
 
 from ..devices import resolve_device
 from .._outdir import DirectoryBusy, RunLock, leftovers_line, remove_leftovers
-from ..checkpoint import load_checkpoint, load_model
+from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..data import (DATASETS, DatasetNotFoundError, DownloadError, is_dataset, load_run_dataset,
                     normalize_dataset)
 from ..data import folder as folder_data
 from ..data.folder_sources import folder_sources
-from ..cli_common import number, write_failure
+from ..cli_common import MAX_COUNT, MAX_SEED, number, write_failure
 from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, MissingDependency,
                       check_attacks, torchattacks)
 from .curve import plot
@@ -75,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
     a("--resume", action="store_true",
       help="continue the evaluation kept in OUT.json.partial (same flags required; starts "
            "afresh when there is none)")
+    a("--overwrite", action="store_true",
+      help="replace an existing OUT.json/OUT.png, or discard an unfinished evaluation's "
+           "OUT.json.partial (without it, they are never overwritten)")
     a("--no-sanity", dest="sanity", action="store_false",
       help="skip the extra sanity runs (PGD with doubled steps and doubled restarts)")
     a("--sanity-examples", type=int, default=500,
@@ -84,9 +87,35 @@ def parser() -> argparse.ArgumentParser:
       help="PGD steps per point of the curve, one restart (default: %(default)s)")
     a("--strict", action="store_true", help="exit with status 3 when a sanity check warns")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--trust-model-code", action="store_true",
+      help="build the checkpoint's package.module:factory model (imports and runs that code: "
+           "only for checkpoints whose author you trust; built-in, torchvision: and timm: "
+           "models need no trust)")
     a("--debug", action="store_true", help="show the traceback of a failed write (disk full, "
                                            "permissions) instead of one line")
     return p
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """The overwrite rule for --json and --plot: an existing report or plot is replaced only
+    with --overwrite; an unfinished evaluation (OUT.json.partial) is continued with --resume
+    or discarded with --overwrite, never silently."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the evaluation kept in OUT.json.partial and "
+                         "--overwrite discards it: pass one of them")
+    if args.overwrite:
+        return
+    partial = args.json + ".partial" if args.json else None
+    unfinished = partial is not None and os.path.exists(partial)
+    if unfinished and not args.resume:
+        raise ValueError(f"--json {args.json}: {partial} holds an unfinished evaluation; pass "
+                         "--resume to continue it, or --overwrite to start over")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        # A kill between writing the report and removing the partial file leaves both: the
+        # resume rewrites the same report.
+        if path and os.path.lexists(path) and not (args.resume and unfinished):
+            raise ValueError(f"{flag} {path} already exists; pass --overwrite to replace it, "
+                             "or choose another path")
 
 
 @dataclasses.dataclass
@@ -119,7 +148,9 @@ def prepare(args: argparse.Namespace) -> Plan:
                              ("--sanity-examples", args.sanity_examples, 1),
                              ("--curve-steps", args.curve_steps, 1),
                              ("--n-examples", args.n_examples, 1), ("--seed", args.seed, 0)):
-        need(value is None or value >= low, f"{flag} must be >= {low}, got {value}")
+        need(value is None or low <= value <= (MAX_SEED if flag == "--seed" else MAX_COUNT),
+             f"{flag} must lie in [{low}, {MAX_SEED if flag == '--seed' else MAX_COUNT}], got "
+             f"{value}")
     try:
         attacks = check_attacks(args.attacks)
     except ValueError as exc:
@@ -134,25 +165,42 @@ def prepare(args: argparse.Namespace) -> Plan:
             import matplotlib  # noqa: F401
         except ImportError:
             raise MissingDependency(f"--plot needs matplotlib: {INSTALL_HINT}") from None
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+    for flag, path, example in (("--json", args.json, "report.json"),
+                                ("--plot", args.plot, "curve.png")):
         if path:
             folder = os.path.dirname(os.path.abspath(path))
             need(os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK),
                  f"{flag} {path}: {folder} is not a writable directory")
+            need(not os.path.isdir(path), f"{flag} {path} is a directory; give a file path "
+                                          f"such as {os.path.join(path, example)}")
+    check_outputs(args)
     device = resolve_device(args.device)
 
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         raise ValueError(f"--checkpoint: {exc}") from None
-    cfg, model_args = ckpt.get("config", {}), ckpt.get("model_args", {})
+    cfg, model_args = ckpt["config"], ckpt["model_args"]
     need(model_args is not None, f"--checkpoint {args.checkpoint}: it holds the weights of a "
                                  "model of your own (fastadv.fit); evaluate it in Python with "
                                  "fastadv.load_weights and fastadv.evaluate")
+    try:  # built now: the trust rule and the recorded arguments are checked before the data
+        model = model_from_checkpoint(ckpt, device, trust_code=args.trust_model_code,
+                                      origin=f"checkpoint {args.checkpoint!r}")
+    except ValueError as exc:
+        raise ValueError(f"--checkpoint: {exc}") from None
     dataset = args.dataset or cfg.get("dataset")
-    need(is_dataset(dataset), "--dataset: the checkpoint names no dataset; pass --dataset")
+    need(isinstance(dataset, str) and is_dataset(dataset),
+         "--dataset: the checkpoint names no dataset; pass --dataset")
     eps = args.eps if args.eps is not None else cfg.get("eps")
     need(eps is not None, "--eps: the checkpoint records no training eps; pass --eps")
+    need(isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0.0 <= eps <= 1.0,
+         f"--eps: the checkpoint's training eps is {eps!r}, not a number in [0, 1]; pass "
+         "--eps")
+    seed = cfg.get("seed", 0) if args.seed is None else args.seed
+    need(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED,
+         f"--seed: the checkpoint's training seed is {seed!r}, not an integer in "
+         f"[0, {MAX_SEED}]; pass --seed")
     # The training run's seed and sizes: they fix the digits train/test split (and the
     # synthetic data), so the test examples are the ones training never saw.
     data = _test_split(cfg, dataset, args, ckpt.get("data_fingerprint"))
@@ -165,12 +213,10 @@ def prepare(args: argparse.Namespace) -> Plan:
     n = len(data.y_test) if args.n_examples is None else args.n_examples
     need(n <= len(data.y_test), f"--n-examples {n} exceeds the {len(data.y_test)} test examples "
                                 f"of {dataset}")
-    model = load_model(args.checkpoint, device)
     training = {k: cfg.get(k) for k in ("method", "eps", "epochs", "seed") if k in cfg}
-    training["epoch"] = ckpt.get("progress", {}).get("epoch")
-    return Plan(model, data.x_test[:n], data.y_test[:n], float(eps),
-                cfg.get("seed", 0) if args.seed is None else args.seed, dataset,
-                model_args.get("name", "?"), training, attacks)
+    training["epoch"] = ckpt["progress"]["epoch"]
+    return Plan(model, data.x_test[:n], data.y_test[:n], float(eps), seed, dataset,
+                model_args["name"], training, attacks)
 
 
 @dataclasses.dataclass
@@ -252,6 +298,8 @@ def _run(p, args, plan: Plan, partial: str | None) -> int:
         count, size = remove_leftovers(folder, names)
         if count:
             print(leftovers_line(count, size, folder), file=sys.stderr)
+    if args.overwrite and partial and os.path.exists(partial):
+        os.remove(partial)  # --overwrite: the unfinished evaluation is discarded, as asked
     if args.resume and os.path.exists(partial):
         print(f"resuming the evaluation kept in {partial}", file=sys.stderr)
     try:

@@ -248,13 +248,21 @@ class _Job:
                 break
         return points
 
-    def predict(self, x: Tensor) -> Tensor:
+    def predict(self, x: Tensor, clean: bool = False) -> Tensor:
         with torch.no_grad():
             logits = model_logits(self.model, x, self.settings.precision)
         if logits.dim() != 2 or logits.shape[0] != len(x):
             raise ValueError(f"model must return logits [B, num_classes] = [{len(x)}, C], got "
                              f"{list(logits.shape)}")
         self.num_classes = logits.shape[1]
+        # argmax of NaN logits is an arbitrary class, not a prediction; on clean images an
+        # infinite logit already says the model is broken (an attack may push one there)
+        bad = (~torch.isfinite(logits) if clean else torch.isnan(logits)).any(dim=1)
+        if bool(bad.any()):
+            what = "NaN or infinite" if clean else "NaN"
+            raise ValueError(f"the model outputs {what} logits on {int(bad.sum())} of "
+                             f"{len(x)} inputs ({'clean images' if clean else 'attacked'}): "
+                             "an accuracy of it would mean nothing; is it a diverged model?")
         return logits.argmax(dim=1)
 
     def checked(self, name: str, x_adv: Tensor, x: Tensor) -> tuple[Tensor, dict]:
@@ -280,7 +288,7 @@ class _Job:
         """Batch i: which examples are classified correctly, and their input gradients."""
         xb, yb = self.data(i)
         t = _Timer(self.device)
-        clean = self.predict(xb) == yb
+        clean = self.predict(xb, clean=True) == yb
         out = {"clean": clean.cpu(), "num_classes": self.num_classes, "seconds": t.lap()}
         idx = clean.nonzero().squeeze(1)
         zero = nonfinite = 0
@@ -317,7 +325,7 @@ class _Job:
         steps = 2 * s.steps if kind == "steps" else s.steps
         restarts = 2 * s.restarts if kind == "restarts" else s.restarts
         t = _Timer(self.device)
-        clean = self.predict(xb) == yb
+        clean = self.predict(xb, clean=True) == yb
         idx = clean.nonzero().squeeze(1)
         robust = torch.zeros_like(clean)
         if idx.numel():
@@ -335,7 +343,7 @@ class _Job:
         s, t, correct = self.settings, _Timer(self.device), 0
         for i in range(self.batches(self.m)):
             xb, yb = self.data(i, self.m)
-            idx = (self.predict(xb) == yb).nonzero().squeeze(1)
+            idx = (self.predict(xb, clean=True) == yb).nonzero().squeeze(1)
             if not idx.numel():
                 continue
             gen = torch.Generator(self.device).manual_seed(unit_seed(self.seed, f"curve/{k}/{i}"))

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .._io import write_atomic
+from .._io import write_json
 
 FORMAT = "fastadv-eval/1"
 STATUSES = ("pass", "warn", "skipped")
@@ -110,7 +110,7 @@ class EvalReport:
         return cls(**d)
 
     def save_json(self, path: str) -> None:
-        write_atomic(path, json.dumps(self.to_dict(), indent=1).encode() + b"\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load_json(cls, path: str) -> "EvalReport":

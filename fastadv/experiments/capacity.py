@@ -110,8 +110,8 @@ def _finished(cfg) -> bool:
 
 
 def train_run(cfg) -> str:
-    """Trains (or resumes, or reuses) one run; its stdout goes to RUN/train.log. Returns
-    'reused', 'resumed' or 'trained'."""
+    """Trains (or resumes, or reuses) one run; its stdout goes to RUN.log beside it (the run
+    folder holds the trainer's files only). Returns 'reused', 'resumed' or 'trained'."""
     from ..data import DataFileError, DatasetNotFoundError, DownloadError
     from ..train import TrainConfigError, train
 
@@ -120,9 +120,9 @@ def train_run(cfg) -> str:
     status = "trained"
     if os.path.isfile(os.path.join(cfg.out, "last.pt")):
         cfg, status = dataclasses.replace(cfg, resume=True), "resumed"
-    os.makedirs(cfg.out, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     try:
-        with open(os.path.join(cfg.out, "train.log"), "a") as log, \
+        with open(cfg.out.rstrip(os.sep) + ".log", "a") as log, \
                 contextlib.redirect_stdout(log):
             train(cfg)
     except (DatasetNotFoundError, DownloadError, DataFileError) as exc:
@@ -133,13 +133,17 @@ def train_run(cfg) -> str:
 
 
 def evaluate(path: str, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-             restarts: int, seed: int, batch: int = 500) -> dict:
+             restarts: int, seed: int, batch: int = 500, model_spec: str | None = None) -> dict:
     """Clean and PGD accuracy (l-inf eps, alpha = 2.5 eps / steps, ``restarts`` random
     starts, the worst kept) of the model in checkpoint ``path`` on (x, y)."""
-    from .. import load_model
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
     from ..eval import clean_and_pgd_correct
 
-    model = load_model(path, x.device)
+    try:  # the sweep's own --model is the only code its checkpoints may name
+        model = model_from_checkpoint(load_checkpoint(path), x.device, asked_for=model_spec,
+                                      origin=f"checkpoint {path!r}")
+    except ValueError as exc:
+        raise ExperimentError(str(exc)) from None
     gen = torch.Generator(device=x.device).manual_seed(seed)
     clean, robust = clean_and_pgd_correct(model, x, y, eps=eps, steps=steps, restarts=restarts,
                                           batch_size=batch, generator=gen)
@@ -210,7 +214,8 @@ def run(dataset: str = "digits", widths=(1, 2, 4, 8, 16), methods=METHODS, *,
         results = output.read_json(os.path.join(cfg.out, "results.json"), "--out")
         t1 = time.perf_counter()
         ev = evaluate(os.path.join(cfg.out, "last.pt"), x_test, y_test, eps=cfg.eps,
-                      steps=eval_steps, restarts=eval_restarts, seed=seed)
+                      steps=eval_steps, restarts=eval_restarts, seed=seed,
+                      model_spec=cfg.model)
         rows.append({"method": method, "width": width, **ev,
                      "train_loss": _last_loss(cfg.out), "epochs": cfg.epochs,
                      "train_seconds": results["train_seconds"],
@@ -325,6 +330,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     a("--out", default="capacity", help="folder for the runs, capacity.json and capacity.png")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    output.add_overwrite_flag(p)
     p.set_defaults(func=main)
     return p
 
@@ -336,12 +342,15 @@ def main(args: argparse.Namespace) -> int:
         train_args = shlex.split(args.train_args)
     except ValueError as exc:
         raise ExperimentError(f"--train-args: {exc}") from None
+    # Checked first: an hour of training must not end on an output it may not write.
+    prefix = os.path.join(args.out, "capacity")
+    output.refuse_existing(prefix, "--out", args.overwrite)
     result = run(args.dataset, widths, methods, out=args.out, model=args.model,
                  epochs=args.epochs, eps=args.eps, steps=args.steps, eval_steps=args.eval_steps,
                  eval_restarts=args.eval_restarts, n_examples=args.n_examples, seed=args.seed,
                  device=args.device, data_dir=args.data_dir, train_args=train_args,
                  progress=args.progress)
-    json_path, png_path = output.output_paths(os.path.join(args.out, "capacity"), "--out")
+    json_path, png_path = output.output_paths(prefix, "--out", args.overwrite)
     output.save_json(result, json_path)
     plot(result, png_path)
     print(table(result))

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..attacks import attack_mode
 from ..attacks.core import AttackConfig, attack_chunk
 from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..cli_common import MAX_COUNT, MAX_SEED
 from . import output
 from .output import ExperimentError
 
@@ -50,8 +51,10 @@ class LoadedModel:
 # --------------------------------------------------------------------------- inputs
 
 
-def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:
-    """Each checkpoint's model (eval mode, on ``device``) with its training config."""
+def load_models(paths: list[str], device: torch.device,
+                trust_code: bool = False) -> list[LoadedModel]:
+    """Each checkpoint's model (eval mode, on ``device``) with its training config; a model
+    whose spec names code is built only with ``trust_code`` (fastadv.load_model's rule)."""
     if not paths:
         raise ExperimentError("--checkpoint is required (a best.pt or last.pt written by "
                               "python -m fastadv.train); give it twice to compare two models")
@@ -59,12 +62,13 @@ def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:
     for path in paths:
         try:
             ckpt = load_checkpoint(path)
+            model = model_from_checkpoint(ckpt, device, trust_code=trust_code,
+                                          origin=f"checkpoint {path!r}")
         except (FileNotFoundError, ValueError) as exc:
             raise ExperimentError(f"--checkpoint: {exc}") from None
-        model = model_from_checkpoint(ckpt, device)
         cfg = ckpt["config"]
         run = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        label = f"{cfg['method']} training ({run})"
+        label = f"{cfg.get('method', '?')} training ({run})"
         models.append(LoadedModel(path, label, cfg, model))
     return models
 
@@ -207,13 +211,14 @@ def run(checkpoints: list[str], *, dataset: str | None = None, data_dir: str | N
         eps: float | None = None, steps: int | None = None, alpha: float | None = None,
         restarts: int = 10_000, examples: int = 5, indices: list[int] | None = None,
         max_batch: int | None = None, seed: int = 0, device: str | None = None,
-        sequential_check: int = 0, bins: int = 50, progress: bool = True):
+        sequential_check: int = 0, bins: int = 50, progress: bool = True,
+        trust_code: bool = False):
     """Runs the landscape study; returns (result, losses, images): the JSON-ready result,
     the final losses ``[models, examples, restarts]`` and the studied test images."""
     check_args(restarts=restarts, examples=examples, steps=steps, eps=eps, alpha=alpha,
-               max_batch=max_batch, sequential_check=sequential_check, bins=bins)
+               max_batch=max_batch, sequential_check=sequential_check, bins=bins, seed=seed)
     dev = output.checked_device(device)
-    models = load_models(checkpoints, dev)
+    models = load_models(checkpoints, dev, trust_code)
     data = load_test_split(models, dataset, data_dir)
     if eps is None:
         trained = {m.config["eps"] for m in models}
@@ -310,7 +315,8 @@ def _model_summary(rows: list[dict]) -> dict:
             "smallest_max_minus_clean": min(r["max_minus_clean"] for r in rows)}
 
 
-def check_args(*, restarts, examples, steps, eps, alpha, max_batch, sequential_check, bins):
+def check_args(*, restarts, examples, steps, eps, alpha, max_batch, sequential_check, bins,
+               seed=0):
     def need(ok, message):
         if not ok:
             raise ExperimentError(message)
@@ -318,8 +324,10 @@ def check_args(*, restarts, examples, steps, eps, alpha, max_batch, sequential_c
     for flag, value, low in (("--restarts", restarts, 1), ("--examples", examples, 1),
                              ("--steps", steps, 1), ("--max-batch", max_batch, 1),
                              ("--sequential-check", sequential_check, 0), ("--bins", bins, 2)):
-        need(value is None or (isinstance(value, int) and value >= low),
-             f"{flag} must be an integer >= {low}, got {value!r}")
+        need(value is None or (isinstance(value, int) and low <= value <= MAX_COUNT),
+             f"{flag} must be an integer in [{low}, {MAX_COUNT}], got {value!r}")
+    need(isinstance(seed, int) and 0 <= seed <= MAX_SEED,
+         f"--seed must lie in [0, {MAX_SEED}], got {seed!r}")
     need(eps is None or 0.0 <= eps <= 1.0, f"--eps must lie in [0, 1], got {eps}")
     need(alpha is None or 0.0 < alpha <= 1.0, f"--alpha must lie in (0, 1], got {alpha}")
 
@@ -437,12 +445,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     a("--out", default="landscape", help="output prefix: writes OUT.json and OUT.png")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--trust-model-code", action="store_true",
+      help="build a checkpoint's package.module:factory model (imports and runs that code: "
+           "only for checkpoints whose author you trust)")
+    output.add_overwrite_flag(p)
     p.set_defaults(func=main)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    json_path, png_path = output.output_paths(args.out)
+    json_path, png_path = output.output_paths(args.out, overwrite=args.overwrite)
     indices = None
     if args.indices is not None:
         indices = output.parse_int_list(args.indices, "--indices", low=0)
@@ -451,7 +463,8 @@ def main(args: argparse.Namespace) -> int:
         steps=args.steps, alpha=args.alpha, restarts=args.restarts,
         examples=len(indices) if indices else args.examples, indices=indices,
         max_batch=args.max_batch, seed=args.seed, device=args.device,
-        sequential_check=args.sequential_check, bins=args.bins, progress=args.progress)
+        sequential_check=args.sequential_check, bins=args.bins, progress=args.progress,
+        trust_code=args.trust_model_code)
     output.save_json(result, json_path)
     plot(result, png_path, images)
     print(table(result))

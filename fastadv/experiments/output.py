@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import io
 import json
-import math
 import os
 import platform
 import sys
@@ -16,7 +15,7 @@ import torch
 
 from .. import devices
 from .._version import __version__
-from .._io import write_atomic
+from .._io import write_atomic, write_json
 from .._outdir import leftovers_line, remove_leftovers
 
 
@@ -27,9 +26,37 @@ class ExperimentError(ValueError):
 # --------------------------------------------------------------------------- paths and files
 
 
-def output_paths(prefix: str, flag: str = "--out") -> tuple[str, str]:
+def add_overwrite_flag(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing OUT.json/OUT.png (without it they are never "
+                        "overwritten)")
+
+
+def refuse_existing(prefix: str, flag: str = "--out",
+                    overwrite: bool = False) -> tuple[str, str]:
+    """(PREFIX.json, PREFIX.png), refused (an ExperimentError naming ``flag``) when either is
+    a directory, or exists and ``overwrite`` is not given; creates nothing."""
+    base, ext = os.path.splitext(prefix)
+    if ext.lower() in (".json", ".png"):
+        prefix = base
+    json_path, png_path = prefix + ".json", prefix + ".png"
+    for path in (json_path, png_path):
+        if os.path.isdir(path):
+            raise ExperimentError(f"{flag} {prefix!r}: {path} is a directory")
+    existing = [p for p in (json_path, png_path) if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise ExperimentError(f"{flag} {prefix!r}: {' and '.join(existing)} already "
+                              f"exist{'s' if len(existing) == 1 else ''}; pass --overwrite to "
+                              "replace them, or choose another " + flag)
+    return json_path, png_path
+
+
+def output_paths(prefix: str, flag: str = "--out",
+                 overwrite: bool = False) -> tuple[str, str]:
     """(PREFIX.json, PREFIX.png); a trailing .json or .png on ``prefix`` is dropped. The
-    folder is created; an unwritable one is an ExperimentError naming ``flag``."""
+    folder is created; an unwritable one, a path that is a directory, or (without
+    ``overwrite``) an existing output is an ExperimentError naming ``flag``: a user's files
+    are never replaced unasked."""
     if not prefix:
         raise ExperimentError(f"{flag} must be a non-empty path prefix")
     base, ext = os.path.splitext(prefix)
@@ -43,7 +70,7 @@ def output_paths(prefix: str, flag: str = "--out") -> tuple[str, str]:
             from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ExperimentError(f"{flag} {prefix!r}: {folder} is not writable")
-    json_path, png_path = prefix + ".json", prefix + ".png"
+    json_path, png_path = refuse_existing(prefix, flag, overwrite)
     # The temp files of writes of these outputs that a kill interrupted.
     count, size = remove_leftovers(folder, {os.path.basename(json_path),
                                             os.path.basename(png_path)})
@@ -52,19 +79,8 @@ def output_paths(prefix: str, flag: str = "--out") -> tuple[str, str]:
     return json_path, png_path
 
 
-def _finite(obj):
-    """NaN/inf become None (JSON has no such numbers; json.dump would write invalid JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def save_json(obj, path: str) -> None:
-    write_atomic(path, (json.dumps(_finite(obj), indent=1) + "\n").encode())
+    write_json(path, obj)
 
 
 def read_json(path: str, flag: str):

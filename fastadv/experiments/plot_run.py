@@ -169,13 +169,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "RUN/run.png and RUN/run.json, or OUT.png and OUT.json.")
     p.add_argument("run", metavar="RUN", help="the run directory (--out of the trainer)")
     p.add_argument("--out", help="output prefix (default: RUN/run)")
+    output.add_overwrite_flag(p)
     p.set_defaults(func=main)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
     result = run(args.run)  # first: a bad RUN is reported before anything is created
-    json_path, png_path = output.output_paths(args.out or os.path.join(args.run, "run"))
+    json_path, png_path = output.output_paths(args.out or os.path.join(args.run, "run"),
+                                              overwrite=args.overwrite)
     output.save_json(result, json_path)
     plot(result, png_path)
     t = result["loss_trend"]

@@ -9,9 +9,11 @@ and for one's own model and data, ``fastadv.fit(model, (x, y), eps=8/255, epochs
 """
 
 from .config import DATASET_DEFAULTS, METHODS, TrainConfig, TrainConfigError
+from .divergence import TrainingDiverged
 from .loop import train
 
-__all__ = ["DATASET_DEFAULTS", "METHODS", "TrainConfig", "TrainConfigError", "main", "train"]
+__all__ = ["DATASET_DEFAULTS", "METHODS", "TrainConfig", "TrainConfigError", "TrainingDiverged",
+           "main", "train"]
 
 
 def main(argv=None):

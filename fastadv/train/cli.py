@@ -9,7 +9,10 @@ from ..cli_common import write_failure
 from ..checkpoint import checkpoint_state
 from ..data import DataFileError, DatasetNotFoundError, DownloadError
 from ..data.folder import FolderError
-from .config import SETTING, TrainConfig, TrainConfigError, check, explicit_flags, parser, resolve
+from ..model_specs import check_trusted, is_model_spec
+from .config import (SETTING, TrainConfig, TrainConfigError, check, check_resume_or_overwrite,
+                     explicit_flags, parser, resolve)
+from .divergence import TrainingDiverged
 from .loop import train
 from .rundir import RunDir, saved_settings
 
@@ -19,16 +22,22 @@ def cli_parser():
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of a failed write (disk full, permissions) "
                         "instead of one line")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="--resume: build the saved run's package.module:factory model "
+                        "(imports and runs that code: only for run folders whose author you "
+                        "trust; passing the same --model again does the same)")
     return p
 
 
 def config_from_args(argv=None) -> TrainConfig:
     p = cli_parser()
     args = p.parse_args(argv)
-    del args.debug  # how errors are shown, not a setting of the run
+    trust_code = args.trust_model_code
+    del args.debug, args.trust_model_code  # how this invocation behaves, not run settings
     try:
         if not args.resume:
             return resolve(args)
+        check_resume_or_overwrite(args.resume, args.overwrite)
         if args.out is None:
             raise TrainConfigError("--resume needs --out, the run directory to continue")
         saved = saved_settings(args.out)
@@ -38,10 +47,20 @@ def config_from_args(argv=None) -> TrainConfig:
         # changes that would alter the result).
         # --strict applies to this invocation only: a run --strict stopped, resumed without
         # it, trains on past the stall.
-        values = {**saved, **{k: getattr(args, k) for k in explicit_flags(argv, p)},
-                  "out": args.out, "resume": True, "strict": args.strict}
+        if not isinstance(saved, dict):
+            raise TrainConfigError(f"--resume: the saved settings in {args.out} are a "
+                                   f"{type(saved).__name__}, not a mapping: the run's files "
+                                   "were edited or are damaged")
+        typed = explicit_flags(argv, p) & set(SETTING)
+        values = {**saved, **{k: getattr(args, k) for k in typed},
+                  "out": args.out, "resume": True, "strict": args.strict,
+                  "overwrite": args.overwrite}
         cfg = TrainConfig(**{k: v for k, v in values.items() if k in SETTING})
         check(cfg)
+        if "model" not in typed and is_model_spec(cfg.model):
+            # The model spec comes from a file in --out, which anyone may have written.
+            check_trusted(cfg.model, f"--resume: the run in {args.out}",
+                          trust_code=trust_code)
         return cfg
     except (ValueError, FileNotFoundError) as exc:
         p.error(str(exc))
@@ -49,11 +68,15 @@ def config_from_args(argv=None) -> TrainConfig:
 
 def main(argv=None) -> int:
     """Exit status: 0 done; 1 a write failed (disk full, permissions); 2 bad input (a
-    second run on the same --out included); 3 with --strict when the training stalled."""
+    second run on the same --out included) or a diverged training (a NaN loss); 3 with
+    --strict when the training stalled or diverged."""
     cfg = config_from_args(argv)
     debug = cli_parser().parse_known_args(argv)[0].debug
     try:
         summary = train(cfg)
+    except TrainingDiverged as exc:
+        print(f"python -m fastadv.train: error: {exc}", file=sys.stderr)
+        return 3 if cfg.strict else 2
     except (TrainConfigError, DataFileError, DatasetNotFoundError, DownloadError,
             FolderError) as exc:
         # Bad input only: any other error is a bug, and keeps its traceback.

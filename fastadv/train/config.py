@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..attacks.core import PRECISIONS as ATTACK_PRECISIONS
-from ..cli_common import number
+from ..cli_common import MAX_COUNT, MAX_SEED, number
 from ..data import DATASETS, MNIST_FORMAT, is_dataset, normalize_dataset
 from ..data.folder import AUGMENTS, PREFIX as FOLDER_PREFIX, is_folder_name
 from ..data.idx import PREFIX as IDX_PREFIX
@@ -25,7 +26,7 @@ from ..data.idx import is_idx_name
 from ..data.splits import VAL_CAP, VAL_FRACTION
 from ..errors import TrainConfigError
 from ..model_specs import ModelSpecError, check_spec_syntax
-from ..models import MODELS
+from ..models import ARG_RANGES, MODELS
 from .stall import STALL_EPOCHS
 
 METHODS = ("pgd", "fgsm", "fgsm-rs", "free", "trades", "standard")
@@ -154,6 +155,31 @@ def at_least(low):
     return dict(valid=lambda v, low=low: v >= low, must=f"be >= {low}")
 
 
+def between(low, high):
+    return dict(valid=lambda v, low=low, high=high: low <= v <= high,
+                must=f"lie in [{low}, {high}]")
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def type_error(s: Setting, value) -> str | None:
+    """Why ``value`` (from the command line, fit's keywords or a saved config.json) does not
+    have ``s``'s type or exceeds MAX_COUNT, or None."""
+    base, _, optional = s.annotation.partition(" | ")
+    if value is None and optional == "None":
+        return None
+    if isinstance(value, bool) != (base == "bool") or not isinstance(value, _TYPES[base]):
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false",
+                "str": "a string"}[base]
+        return f"{s.cli_flag} must be {kind}, got {value!r} ({type(value).__name__})"
+    if base == "int" and abs(value) > MAX_COUNT and s.name != "seed":
+        return f"{s.cli_flag} must be at most {MAX_COUNT}, got {value}"
+    if base == "float" and not math.isfinite(value):
+        return f"{s.cli_flag} must be finite, got {value}"
+    return None
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("dataset", "str", "digits", type=dataset_arg, in_fit=False, help=(
         "digits (scikit-learn, offline), mnist, fashion-mnist, kmnist, cifar10, synthetic "
@@ -174,7 +200,8 @@ SETTINGS: tuple[Setting, ...] = (
         "called as factory(num_classes=N) and returning an nn.Module (the current "
         "directory is importable)")),
     Setting("width", "int | None", None, type=int, derived=True, in_fit=False,
-            valid=lambda v: v is None or v >= 1, must="be >= 1",
+            valid=lambda v: v is None or 1 <= v <= ARG_RANGES["width"][1],
+            must=f"lie in [1, {ARG_RANGES['width'][1]}]",
             help="width multiplier of madry-cnn/small-cnn (capacity)"),
     Setting("method", "str", "pgd", choices=METHODS, help=(
         "pgd: Madry PGD-AT; fgsm: one step of eps from x (Goodfellow et al.); fgsm-rs: "
@@ -221,13 +248,17 @@ SETTINGS: tuple[Setting, ...] = (
             must="be cpu, cuda or cuda:N",
             help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the local "
                  "rank's GPU)"),
-    Setting("seed", "int", 0, type=int,
+    Setting("seed", "int", 0, type=int, **between(0, MAX_SEED),
             help="seeds the weights, the batch order, attacks and augmentation (and the "
                  "digits split)"),
     Setting("out", "str", "runs/digits-pgd", derived=True, resumable=True,
             help="run directory (default: runs/<dataset>-<method>)"),
     Setting("resume", "bool", False, action="store_true", resumable=True,
             help="continue the run in --out from its last.pt"),
+    Setting("overwrite", "bool", False, action="store_true", resumable=True,
+            help="replace the run (or the files of fastadv's names) in a non-empty --out; "
+                 "without it, --out must be empty, new, or a run killed before its first "
+                 "checkpoint, and --resume continues an unfinished run"),
     Setting("eval_every", "int", 1, type=int, **at_least(1),
             help="evaluate on the held-out split every N epochs"),
     Setting("eval_steps", "int", 10, type=int, derived=True, **at_least(1),
@@ -268,7 +299,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="synthetic: training images"),
     Setting("synthetic_test", "int", 10_000, type=int, in_fit=False, **at_least(1),
             help="synthetic: test images"),
-    Setting("image_size", "int", 32, type=int, derived=True, in_fit=False, **at_least(4),
+    Setting("image_size", "int", 32, type=int, derived=True, in_fit=False,
+            **between(4, ARG_RANGES["image_size"][1]),
             help="synthetic: image side (default 32); folder:PATH: images are resized and "
                  "cropped to this side (default 224)"),
     Setting("augment", "str | None", None, choices=AUGMENTS, in_fit=False, help=(  # fit: a bool
@@ -342,7 +374,8 @@ def parser() -> argparse.ArgumentParser:
             for name, d in DATASET_DEFAULTS.items())
         + f"\n  every dataset: val-size={VAL_FRACTION:.0%} of the training set, at most "
           f"{VAL_CAP}"
-        + "\n\nexit status: 0 done, 2 bad input, 3 with --strict when the training stalled")
+        + "\n\nexit status: 0 done, 2 bad input or a diverged training (NaN loss), 3 with "
+          "--strict when the training stalled or diverged")
     for s in SETTINGS:
         if s.action is not None:
             p.add_argument(s.cli_flag, dest=s.name, action=s.action, help=s.help)
@@ -394,6 +427,12 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
 # --------------------------------------------------------------------------- the checks
 
 
+def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise TrainConfigError("--resume continues the run in --out and --overwrite replaces "
+                               "it: pass one of them")
+
+
 def check(cfg: TrainConfig) -> None:
     """Every rule a config must follow, before anything is written: each setting's own
     (SETTINGS), then the rules between settings."""
@@ -401,6 +440,10 @@ def check(cfg: TrainConfig) -> None:
         if not ok:
             raise TrainConfigError(message)
 
+    for s in SETTINGS:  # types first: the rules below compare and slice the values
+        why = type_error(s, getattr(cfg, s.name))
+        if why is not None:
+            raise TrainConfigError(why)
     need(is_dataset(cfg.dataset) or cfg.dataset.startswith(FIT_PREFIX),
          f"--dataset must be one of {DATASET_NAMES}, got {cfg.dataset!r}")
     if cfg.model not in MODELS and not cfg.model.startswith(USER_MODEL):
@@ -426,6 +469,7 @@ def check(cfg: TrainConfig) -> None:
          f"--augment applies to folder:PATH datasets, not {cfg.dataset}")
     need(not folder or cfg.image_size >= 8, f"--image-size must be >= 8, got {cfg.image_size}")
     need(0.0 < cfg.alpha <= 1.0 or cfg.eps == 0, f"--alpha must lie in (0, 1], got {cfg.alpha:g}")
+    check_resume_or_overwrite(cfg.resume, cfg.overwrite)
     need(cfg.eps_warmup <= cfg.epochs, f"--eps-warmup {cfg.eps_warmup} exceeds --epochs "
                                        f"{cfg.epochs} (eps would never reach --eps)")
     need(cfg.verify or cfg.dataset in MNIST_FORMAT or is_idx_name(cfg.dataset),

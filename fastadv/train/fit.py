@@ -48,7 +48,8 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
         optimizer=None, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
         schedule: str = "piecewise", precision: str = "fp32", channels_last: bool = False,
         compile: bool = False, cuda_graph: bool = False, device: str | None = None,
-        seed: int = 0, out: str = "runs/fit", resume: bool = False, eval_every: int = 1,
+        seed: int = 0, out: str = "runs/fit", resume: bool = False, overwrite: bool = False,
+        eval_every: int = 1,
         eval_steps: int | None = None, eval_examples: int = 1000, eps_warmup: int = 0,
         strict: bool = False, save_every: int = 0, free_replays: int = 4,
         trades_beta: float = 6.0, attack_bn: str = "eval", sync_bn: bool = False,
@@ -75,7 +76,9 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
             parameters to one. ``schedule``: piecewise, cyclic, cosine or constant, per step.
         out: the run directory (``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``,
             ``results.json``); ``resume=True`` continues a killed run from its ``last.pt``
-            exactly (the same weights as an uninterrupted run, on the CPU).
+            exactly (the same weights as an uninterrupted run, on the CPU). A non-empty
+            ``out`` that holds anything but a run killed before its first checkpoint is
+            refused unless ``resume`` (an unfinished run) or ``overwrite=True`` (replace it).
         augment: random crop (4 px) and flip per batch on the device, for tensors and for
             datasets without transforms of their own; a ``Dataset``'s own random transforms
             run in the workers, each item under its own seed (exact on resume).
@@ -176,6 +179,10 @@ def _fits_on(device: torch.device, tensors) -> bool:
 
 
 def _check_range(x: Tensor, name: str) -> None:
+    bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+    if bad:  # min/max pass NaN by: NaN compares false
+        raise TrainConfigError(f"{name}: {bad} of {x.numel()} pixel values are NaN or "
+                               "infinite; images must be finite values in [0, 1]")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise TrainConfigError(f"{name}: images must lie in [0, 1] (the attack's box), found "
@@ -202,11 +209,11 @@ def _job(cfg: TrainConfig, ctx: distributed.Context, model, train_data, val_data
                               train.indices[:k] if train.streamed else None, device,
                               tensors=(train.x[:k], train.y[:k]) if not train.streamed else None)
     if val_data is None:
-        val = _eval_source(cfg, kind, train_data, val_idx, device)
+        val = _eval_source(cfg, kind, train_data, val_idx, device, name="train_data")
     else:
         val = _eval_source(cfg, *_kind(val_data, "val_data"), None, device)
     test = None if test_data is None else _eval_source(cfg, *_kind(test_data, "test_data"),
-                                                       None, device)
+                                                       None, device, name="test_data")
     num_classes = _num_classes(model, train, device)
     model = model.to(device)
     describe = (f"{'streamed' if train.streamed else 'in memory'}, "
@@ -261,11 +268,12 @@ def _first_image(dataset, name: str) -> Tensor:
     return item[0]
 
 
-def _eval_source(cfg, kind, data, indices, device, tensors=None):
+def _eval_source(cfg, kind, data, indices, device, tensors=None, name="val_data"):
     if tensors is not None:
         return TensorEval(*tensors)
     if kind == "tensors":
         x, y = data
+        _check_range(x, name)
         if indices is not None:
             x, y = x[indices], y[indices]
         if _fits_on(device, (x, y)):
@@ -320,7 +328,11 @@ def _num_classes(model: nn.Module, train, device) -> int:
                                f"batch it returned {shape}")
     num_classes = out.shape[1]
     top = int(labels.max()) if len(labels) else 0
-    if top >= num_classes or (len(labels) and int(labels.min()) < 0):
+    low = int(labels.min()) if len(labels) else 0
+    if low < 0:
+        raise TrainConfigError(f"train_data: labels must be class indices >= 0, found "
+                               f"{int((labels < 0).sum())} negative (the lowest {low})")
+    if top >= num_classes:
         raise TrainConfigError(f"fit(model=...): the model returns {num_classes} logits but "
                                f"the training labels reach {top}; build it with "
                                f"num_classes={top + 1}")

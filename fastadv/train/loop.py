@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import FORMAT, rng_state, save_checked, set_rng_state
 from . import distributed
 from .config import TrainConfig, TrainConfigError, check, check_setup
+from .divergence import DivergenceGuard, non_finite_tensors
 from .job import Job, job_from_config
 from .meter import EpochMeter, Progress
 from .methods import make_method, method_class
@@ -47,7 +48,7 @@ def launch(cfg: TrainConfig, make_job: Callable[[distributed.Context], Job]) -> 
     check(cfg)
     rundir = RunDir(cfg.out)
     try:
-        rundir.check(cfg.resume)
+        rundir.check(cfg.resume, cfg.overwrite)
         ctx = distributed.setup(cfg.device)
         try:
             check_setup(cfg, ctx.device, ctx.world_size, ctx.distributed)
@@ -87,7 +88,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
     method = make_method(cfg, model, attack_model, device)
 
     # ---- resume, or start the run directory
-    rundir.claim(ctx, cfg.resume)
+    rundir.claim(ctx, cfg.resume, cfg.overwrite)
     progress, meter = Progress(), EpochMeter()
     ckpt = rundir.checkpoint_to_resume(cfg, ctx, job.fingerprint)
     if ckpt is not None:
@@ -109,6 +110,9 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
     local_batch = cfg.batch_size // ctx.world_size
     chance = chance_accuracy(job.train.labels(cfg.eval_examples))
     ramp_steps = cfg.eps_warmup * steps_per_epoch
+    guard = DivergenceGuard(cfg, ctx, rundir, steps_per_epoch,
+                            own_optimizer=job.optimizer is not None
+                            and not isinstance(job.optimizer, str))
     for epoch in range(progress.epoch, cfg.epochs):
         if cfg.strict and stalled_record(progress.history) is not None:
             if ctx.is_main:
@@ -136,6 +140,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
                 optimizer.step()
                 sched.step()
                 meter.add(loss, method.loss_parts, logits, y)  # log
+                guard.note(loss, progress.global_step)
             meter.images += len(y)
             progress.step_in_epoch, progress.global_step = i + 1, progress.global_step + 1
             if not bar.disable and (bar.n % 10 == 0 or i + 1 == steps_per_epoch):  # syncs
@@ -148,11 +153,13 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
                     and i + 1 < steps_per_epoch:
                 _sync(device)
                 meter.seconds += time.perf_counter() - started
+                guard.check(raw)
                 checkpoint(rundir.last)
                 started = time.perf_counter()
         _sync(device)
         meter.seconds += time.perf_counter() - started
         bar.close()
+        guard.check(raw)  # nothing non-finite is evaluated, chosen as best or saved
         record = {"epoch": epoch + 1, "step": progress.global_step,
                   "lr": optimizer.param_groups[0]["lr"], **meter.record(ctx)}
         if cfg.eps_warmup:
@@ -212,16 +219,28 @@ def _restore(ckpt: dict, job: Job, ctx: distributed.Context, rundir: RunDir, raw
     except RuntimeError as exc:
         raise TrainConfigError(f"{rundir.last}: its weights do not fit this model ({exc})") \
             from None
-    optimizer.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
-    progress = Progress(**ckpt["progress"])
-    if ckpt["world_size"] == ctx.world_size:
-        mine = ckpt["ranks"][ctx.rank]
-        set_rng_state(mine["rng"])
-        method.load_state(mine["method"])
-        meter.load_state_dict(mine["meter"] if "meter" in mine else EpochMeter.positional_state(
-            mine["sums"], mine.get("part_sums", {})))
-    else:
+    bad = non_finite_tensors(raw)
+    if bad:  # written before fastadv stopped diverged runs, or by hand
+        raise TrainConfigError(f"--resume: {rundir.last} holds non-finite weights "
+                               f"({', '.join(bad[:3])}): there is nothing to continue; start "
+                               "a new --out, or --overwrite this one")
+    try:  # the file's checksum proves nothing about who wrote it: a crafted state is refused
+        optimizer.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        progress = Progress(**ckpt["progress"])
+        if ckpt["world_size"] == ctx.world_size:
+            mine = ckpt["ranks"][ctx.rank]
+            set_rng_state(mine["rng"])
+            method.load_state(mine["method"])
+            meter.load_state_dict(mine["meter"] if "meter" in mine else
+                                  EpochMeter.positional_state(mine["sums"],
+                                                              mine.get("part_sums", {})))
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise TrainConfigError(f"--resume: {rundir.last} holds a training state fastadv cannot "
+                               f"restore ({type(exc).__name__}: {exc}): it was edited or is "
+                               "damaged; resume from an intact copy, or start a new --out") \
+            from None
+    if ckpt["world_size"] != ctx.world_size:
         if progress.step_in_epoch:
             raise TrainConfigError(f"--resume: {rundir.last} was written mid-epoch by "
                                    f"{ckpt['world_size']} ranks; resume it with as many")

@@ -9,6 +9,7 @@ import os
 from torch import nn
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..errors import TrainConfigError
 from ..data.splits import VAL_CAP, VAL_FRACTION
 from . import distributed
 from .job import Job
@@ -57,10 +58,14 @@ def final_report(job: Job, ctx, rundir, history, local_batch) -> dict:
     for name, path in (("best", rundir.best), ("last", rundir.last)):
         if not os.path.exists(path):
             continue
-        ckpt = load_checkpoint(path)
+        try:  # best.pt and last.pt are files too: checked like any other
+            ckpt = load_checkpoint(path)
+            model = rebuilt(job, ckpt, ctx.device)
+        except ValueError as exc:
+            raise TrainConfigError(f"the final report: {exc}") from None
         # The same random starts for every checkpoint: identical weights, identical numbers.
-        clean, robust = clean_and_robust_accuracy(rebuilt(job, ckpt, ctx.device), examples, cfg,
-                                                  ctx, "fp32", 4 * local_batch, split)
+        clean, robust = clean_and_robust_accuracy(model, examples, cfg, ctx, "fp32",
+                                                  4 * local_batch, split)
         rows.append({"checkpoint": name, "epoch": ckpt["progress"]["epoch"],
                      f"{split}_clean_acc": clean, f"{split}_robust_acc": robust})
     stalled = stalled_record(history)
@@ -77,6 +82,11 @@ def final_report(job: Job, ctx, rundir, history, local_batch) -> dict:
         "train_seconds": sum(r["seconds"] for r in history),
         "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in history),
         "checkpoints": rows,
+        # Robust accuracy counts a point the attack could not flip: above clean accuracy it
+        # means the attack failed where no attack was needed (gradient masking, a broken
+        # model), so neither number can be trusted.
+        "impossible": [r["checkpoint"] for r in rows
+                       if r[f"{split}_robust_acc"] > r[f"{split}_clean_acc"]],
     }
     if ctx.is_main:
         rundir.write_results(summary)
@@ -88,7 +98,8 @@ def rebuilt(job: Job, ckpt: dict, device) -> nn.Module:
     """A checkpoint's model in eval mode: rebuilt from its recipe, or (a module of the
     caller's, weights only) a copy of the job's with the weights loaded."""
     if job.model_args is not None:
-        return model_from_checkpoint(ckpt, device)
+        # The run's own --model (the user's, or trusted on resume) is the only code it runs.
+        return model_from_checkpoint(ckpt, device, asked_for=job.cfg.model)
     model = copy.deepcopy(unwrap(job.model))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
@@ -115,6 +126,10 @@ def summary_table(summary: dict) -> str:
     for r in summary["checkpoints"]:
         lines.append(f"| {r['checkpoint']} | {r['epoch']} | {r[f'{split}_clean_acc']:.1%} "
                      f"| {r[f'{split}_robust_acc']:.1%} |")
+    for name in summary.get("impossible", ()):
+        lines.append(f"warning: impossible result for {name}.pt: robust accuracy above clean "
+                     "accuracy (the attack failed on images the model already gets wrong "
+                     "unattacked: gradient masking or a broken model); trust neither number")
     if summary.get("stalled"):
         stopped = (f"; stopped after epoch {summary['epochs_completed']} (--strict)"
                    if summary.get("stopped_early") else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from .._io import WriteError, write_atomic, write_json
+from .._io import WriteError, json_record, write_atomic, write_json
 from .._outdir import (LOCK_NAME, DirectoryBusy, RunLock, is_temp_name, launch_rank,
                        leftovers_line, remove_leftovers)
 from ..checkpoint import checkpoint_state, load_checkpoint
@@ -18,34 +18,78 @@ from . import distributed
 from .config import FIT_PREFIX, RESUMABLE, SETTING
 
 
+OWN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "best.pt.pending",
+             "results.json")
+# Keys every config.json the trainer writes holds besides the settings: a file without them
+# is not ours, whatever its name.
+_RECORD_KEYS = ("model_args", "world_size", "dataset", "method", "eps")
+
+
+def is_our_config(path: str) -> bool:
+    """Whether ``path`` is a config.json the trainer wrote (told from its contents)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and all(k in record for k in _RECORD_KEYS)
+
+
 def killed_before_first_checkpoint(out: str) -> bool:
     """Whether ``out`` holds a run killed before its first checkpoint, at whatever instant:
-    one that wrote its config.json and nothing else yet (no last.pt, best.pt, results or
-    epoch metrics), or one killed even before that, whose folder holds nothing but the run's
-    lock and the temp files of interrupted writes (or nothing at all). Such a run has nothing
-    to lose: it can only start again."""
+    one that wrote its config.json (ours, by its contents) and nothing else yet (no last.pt,
+    best.pt, results or epoch metrics), or one killed even before that, whose folder holds
+    nothing but the run's lock and the temp files of interrupted writes (or nothing at all).
+    Such a run has nothing to lose: it can only start again."""
     if not os.path.isdir(out):
         return False
     d = RunDir(out)
-    if any(os.path.exists(p) for p in (d.last, d.best, d.pending, d.results)) or (
+    if any(os.path.exists(p) for p in (d.last, d.best, d.results)) or (
             os.path.exists(d.metrics) and os.path.getsize(d.metrics) > 0):
         return False
-    own = {os.path.basename(p) for p in (d.lock_path, d.metrics)}
-    return os.path.exists(d.config) or all(name in own or is_temp_name(name)
-                                           for name in os.listdir(out))
+    # A best.pt.pending without last.pt: killed between the two writes of the first epoch
+    # (the pending file is stale: that epoch was never committed).
+    own = {os.path.basename(p) for p in (d.lock_path, d.metrics, d.config, d.pending)}
+    if os.path.exists(d.config) and not is_our_config(d.config):
+        return False
+    return all(name in own or is_temp_name(name) for name in os.listdir(out))
 
 
-def check_out_dir(out: str, resume: bool) -> None:
-    """--out must be writable, and hold a run exactly when resuming (a run killed before its
-    first last.pt holds only its config.json: it starts again); checked before anything is
-    written, so a bad --out leaves nothing behind."""
-    last = RunDir(out).last
-    if resume and not os.path.isfile(last) and not killed_before_first_checkpoint(out):
-        raise TrainConfigError(f"--resume: {last} does not exist (nothing to resume in --out "
-                               f"{out})")
-    if not resume and os.path.exists(last):
-        raise TrainConfigError(f"--out {out} already holds a run (last.pt); pass --resume to "
-                               "continue it or choose another --out")
+def _listing(out: str) -> str:
+    names = sorted(n for n in os.listdir(out) if n != LOCK_NAME and not is_temp_name(n))
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return shown
+
+
+def check_out_dir(out: str, resume: bool, overwrite: bool = False) -> None:
+    """The overwrite rule, checked before anything is written (a bad --out leaves nothing
+    behind): --out must be new, empty or a run killed before its first checkpoint (it starts
+    again); --resume needs a last.pt to continue; anything else (an unfinished or a finished
+    run, files of the user's) is refused, naming what is there, unless --overwrite. Then
+    --out must be writable."""
+    d = RunDir(out)
+    if resume and not os.path.isfile(d.last) and not killed_before_first_checkpoint(out):
+        held = _listing(out) if os.path.isdir(out) else ""
+        raise TrainConfigError(f"--resume: {d.last} does not exist (nothing to resume in --out "
+                               f"{out}{'; it holds ' + held if held else ''})")
+    if not resume and not overwrite and os.path.isdir(out) \
+            and not killed_before_first_checkpoint(out):
+        if os.path.exists(d.last):
+            what = (f"a run, finished ({_listing(out)})" if os.path.exists(d.results) else
+                    f"a run, unfinished ({d.last}: {checkpoint_state(d.last)})")
+            hint = "pass --resume to continue it, " if not os.path.exists(d.results) else ""
+        elif any(os.path.exists(p) for p in (d.results, d.best, d.pending)):
+            what = f"the files of a run, without its last.pt ({_listing(out)})"
+            hint = ""
+        else:
+            what = f"files that are not a fastadv run ({_listing(out)})"
+            hint = ""
+        raise TrainConfigError(f"--out {out} already holds {what}; {hint}pass --overwrite to "
+                               "replace it, or choose another --out")
+    if not os.path.exists(out) and os.path.lexists(out):
+        raise TrainConfigError(f"--out {out} is a broken symbolic link")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TrainConfigError(f"--out {out} is a file, not a directory")
     probe = out
     while not os.path.exists(probe):  # the nearest existing ancestor must let us create it
         parent = os.path.dirname(os.path.abspath(probe))
@@ -54,6 +98,18 @@ def check_out_dir(out: str, resume: bool) -> None:
         probe = parent
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
         raise TrainConfigError(f"--out {out} is not writable ({probe} is not a writable directory)")
+
+
+def remove_own_files(out: str) -> list[str]:
+    """--overwrite: the files of the trainer's names in ``out`` (a previous run's), removed
+    before the new run writes any; the user's other files stay. Returns the names removed."""
+    removed = []
+    for name in OWN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
+    return removed
 
 
 def saved_settings(out: str) -> dict | None:
@@ -66,6 +122,7 @@ def saved_settings(out: str) -> dict | None:
         # train() takes the lock for the run's lifetime; this only reports a busy --out.
         _acquire(d.lock)
         d.release()
+    check_out_dir(out, resume=True)  # there is a run to resume
     if killed_before_first_checkpoint(out):
         if not os.path.exists(d.config):
             return None
@@ -147,7 +204,10 @@ def settle_pending_best(pending: str, best: str, last_ckpt: dict) -> None:
     epoch will be redone and the pending file is stale."""
     if not os.path.exists(pending):
         return
-    done = load_checkpoint(pending)["progress"]["epoch"] == last_ckpt["progress"]["epoch"]
+    try:
+        done = load_checkpoint(pending)["progress"]["epoch"] == last_ckpt["progress"]["epoch"]
+    except ValueError:  # damaged (killed mid-write is impossible: writes are atomic)
+        done = False
     if done:
         os.replace(pending, best)
     else:
@@ -177,12 +237,12 @@ class RunDir:
 
     # ---- before the process group: refuse early, writing nothing
 
-    def check(self, resume: bool) -> None:
+    def check(self, resume: bool, overwrite: bool = False) -> None:
         """An existing --out is locked before anything is decided on it (the kernel drops
         the lock when the process dies); then :func:`check_out_dir`."""
         if self.lock is not None and os.path.isdir(self.out):
             _acquire(self.lock)
-        check_out_dir(self.out, resume)
+        check_out_dir(self.out, resume, overwrite)
 
     def release(self) -> None:
         if self.lock is not None:
@@ -190,19 +250,24 @@ class RunDir:
 
     # ---- with every rank up
 
-    def claim(self, ctx: distributed.Context, resume: bool) -> None:
+    def claim(self, ctx: distributed.Context, resume: bool, overwrite: bool = False) -> None:
         """Rank 0 creates --out, takes its lock (a run that started in the same instant may
-        have it), checks --out again under the lock and removes what killed writes left;
-        every rank fails with rank 0's error, so none waits for a rank that stopped."""
+        have it), checks --out again under the lock, removes what killed writes left and,
+        with ``overwrite``, the previous run's files; every rank fails with rank 0's error,
+        so none waits for a rank that stopped."""
         error = None
         if ctx.is_main:
             try:
                 os.makedirs(self.out, exist_ok=True)
                 _acquire(self.lock)
-                check_out_dir(self.out, resume)
-                count, size = remove_leftovers(self.out)
+                check_out_dir(self.out, resume, overwrite)
+                count, size = remove_leftovers(self.out, set(OWN_FILES))
                 if count:
                     print(leftovers_line(count, size, self.out))
+                if overwrite:
+                    removed = remove_own_files(self.out)
+                    if removed:
+                        print(f"--overwrite: removed {', '.join(removed)} from {self.out}")
             except TrainConfigError as exc:
                 error = str(exc)
         error = distributed.all_gather(ctx, error)[0]
@@ -247,12 +312,12 @@ class RunDir:
         """metrics.jsonl rewritten from a checkpoint's history: lines a killed run appended
         after its last checkpoint are dropped, so no epoch appears twice."""
         write_atomic(self.metrics,
-                     "".join(json.dumps(record) + "\n" for record in history).encode())
+                     "".join(json_record(record) + "\n" for record in history).encode())
 
     def append_history(self, record: dict) -> None:
         try:
             with open(self.metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json_record(record) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:  # a partial line is dropped on resume (rewritten from last.pt)

@@ -260,10 +260,10 @@ def test_cli_writes_report_and_plot_with_defaults_from_the_checkpoint(checkpoint
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["curve.png", "r.json"]  # no partial, no temp file
 
-    # eps as a fraction
+    # eps as a fraction (the report replaced, as asked)
     assert main(["--checkpoint", checkpoint, "--n-examples", "16", "--attacks", "fgsm",
                  "--eps", "8/255", "--no-sanity", "--no-curve", "--no-progress",
-                 "--json", out]) == 0
+                 "--json", out, "--overwrite"]) == 0
     assert json.load(open(out))["eps"] == pytest.approx(8 / 255)
 
 
@@ -276,7 +276,7 @@ def test_cli_strict_exits_3_when_a_check_warns(checkpoint, tmp_path, monkeypatch
             "--no-progress", "--json", out, "--strict"]
     assert main(args) == 0  # the standard model's checks pass: --strict changes nothing
     monkeypatch.setattr(sanity, "GRADIENT_TOLERANCE", -1.0)  # any input gradient now "fails"
-    assert main(args) == 3
+    assert main([*args, "--overwrite"]) == 3
     assert "input-gradients | WARN" in capsys.readouterr().out
     assert json.load(open(out))["sanity"]["passed"] is False  # the report is still written
 
@@ -297,7 +297,7 @@ def test_cli_bad_input_exits_with_a_clear_error_and_writes_nothing(case, checkpo
         ckpt, words = str(tmp_path / "other.pt"), "not a fastadv checkpoint"
         torch.save({"weight": torch.zeros(3)}, ckpt)
     elif case == "text":
-        ckpt, words = str(tmp_path / "notes.txt"), "not a fastadv checkpoint"
+        ckpt, words = str(tmp_path / "notes.txt"), "is a text file, not a checkpoint"
         open(ckpt, "w").write("hello")
     elif case == "negative-eps":
         extra, flag, words = ["--eps", "-0.1"], "--eps", "must lie in [0, 1]"
@@ -308,7 +308,7 @@ def test_cli_bad_input_exits_with_a_clear_error_and_writes_nothing(case, checkpo
     elif case == "resume-without-json":
         extra, flag, words = ["--resume"], "--resume", "needs --json"
     elif case == "zero-examples":
-        extra, flag, words = ["--n-examples", "0"], "--n-examples", "must be >= 1"
+        extra, flag, words = ["--n-examples", "0"], "--n-examples", "must lie in [1, "
     elif case == "bad-device":
         extra, flag, words = ["--device", "tpu:x"], "--device", "must be cpu, cuda or cuda:N"
     elif case == "run-directory":

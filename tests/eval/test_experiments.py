@@ -122,7 +122,7 @@ def test_landscape_bad_input(runs, tmp_path, capsys):
     assert "--checkpoint is required" in capsys.readouterr().err
     ckpt = os.path.join(runs["pgd"], "best.pt")
     assert main(["landscape", "--checkpoint", ckpt, "--restarts", "0"]) == 2
-    assert "--restarts must be an integer >= 1" in capsys.readouterr().err
+    assert "--restarts must be an integer in [1, 2147483647], got 0" in capsys.readouterr().err
     assert main(["landscape", "--checkpoint", ckpt, "--dataset", "mnist"]) == 2
     assert "--dataset mnist" in capsys.readouterr().err
     assert main(["landscape", "--checkpoint", ckpt, "--indices", "0,99999"]) == 2
@@ -158,7 +158,14 @@ def test_capacity_sweep_at_toy_size(tmp_path, capsys):
     assert rows[("standard", 2)]["clean_acc"] > 0.3  # trained: far above chance (10 %)
     capsys.readouterr()
 
-    # A second call reuses the finished runs and evaluates them again, identically.
+    # A second call never replaces the outputs unasked (nothing is trained first) ...
+    before = open(os.path.join(out, "capacity.json")).read()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "capacity.json and" in err and "already exist; pass --overwrite" in err
+    assert open(os.path.join(out, "capacity.json")).read() == before
+    # ... and with --overwrite reuses the finished runs and evaluates them again, identically.
+    args.append("--overwrite")
     assert main(args) == 0
     again = read(os.path.join(out, "capacity.json"))
     assert {r["status"] for r in again["rows"]} == {"reused"}

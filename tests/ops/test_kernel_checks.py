@@ -77,6 +77,97 @@ def test_step_kernels_refuse_bad_arguments(kernel, change, error, words):
     assert_refused(getattr(OPS, kernel), step_args(**change), error, f"fastadv::{kernel}", *words)
 
 
+# The integer arguments, checked before any arithmetic on them: channel_div = 2**62 with 4
+# channels made the CPU walk's period channel_div * channels overflow to 0 (SIGFPE in its
+# modulo; tests/ops/test_raw_op_fuzz.py runs that call in a subprocess), with 2 or 3 channels
+# a negative table size (std::length_error). Each case: the change, then words of the error.
+INTEGER_CASES = [
+    (dict(channel_div=2**62, lower=torch.zeros(4), upper=None, x=torch.rand(2, 4, 3, 5),
+          grad=torch.randn(2, 4, 3, 5), x_nat=torch.rand(2, 4, 3, 5)),
+     ["channel_div (4611686018427387904) * channels (4, the length of lower) must divide "
+      "example_size (60)"]),
+    (dict(channel_div=2**62, lower=torch.zeros(2)), ["channels (2, the length of lower)"]),
+    (dict(channel_div=2**62), ["channels (3, the length of lower)"]),
+    (dict(channel_div=2**62, lower=None, upper=torch.ones(3)),
+     ["channels (3, the length of upper)"]),
+    (dict(channel_div=2**62, lower=None), ["channel_div (4611686018427387904) must divide "
+                                           "example_size (60)"]),
+    (dict(channel_div=2**63 - 1), ["channel_div (9223372036854775807)"]),
+    (dict(channel_div=-2**63), ["channel_div must be >= 1, got -9223372036854775808"]),
+    (dict(channel_div=-1), ["channel_div must be >= 1, got -1"]),
+    # Tables of another length than x's channels: x has 3 (channel_div 20, example_size 60).
+    (dict(lower=torch.zeros(2)), ["channel_div (20) * channels (2, the length of lower) must "
+                                  "divide example_size (60)"]),
+    (dict(lower=torch.zeros(2), upper=torch.ones(2)), ["channels (2, the length of lower)"]),
+    (dict(lower=None, upper=torch.ones(4)), ["channels (4, the length of upper)"]),
+    # ... and x has 4 (channel_div 15, example_size 60): a 3-entry table.
+    (dict(x=torch.rand(2, 4, 3, 5), grad=torch.randn(2, 4, 3, 5), x_nat=torch.rand(2, 4, 3, 5),
+          channel_div=15, lower=torch.zeros(3)), ["channels (3, the length of lower)"]),
+    (dict(channel_div=7), ["channel_div (7) * channels (3, the length of lower)"]),
+    (dict(example_size=0), ["example_size must be >= 1, got 0"]),
+    (dict(example_size=-1), ["example_size must be >= 1, got -1"]),
+    (dict(example_size=-2**63), ["example_size must be >= 1, got -9223372036854775808"]),
+    (dict(example_size=2**31), ["example_size must divide x's 120 elements, got 2147483648"]),
+    (dict(example_size=2**63 - 1), ["example_size must divide x's 120 elements"]),
+    (dict(example_size=120, channel_div=2**62, eps=None),
+     ["channel_div (4611686018427387904) * channels (3, the length of lower) must divide "
+      "example_size (120)"]),
+]
+
+
+@pytest.mark.parametrize("kernel", ["_linf_step_kernel_", "_l2_step_kernel_"])
+@pytest.mark.parametrize("change, words", INTEGER_CASES)
+def test_step_kernels_refuse_integers_out_of_range(kernel, change, words):
+    assert_refused(getattr(OPS, kernel), step_args(**change), ValueError, f"fastadv::{kernel}",
+                   *words)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(channel_div=2**62, upper=torch.ones(4), x=torch.rand(2, 4, 3, 5),
+          x_nat=torch.rand(2, 4, 3, 5)), ["channels (4, the length of upper)"]),
+    (dict(channel_div=2**62, upper=torch.ones(2)), ["channels (2, the length of upper)"]),
+    (dict(upper=torch.ones(2)), ["channel_div (20) * channels (2, the length of upper)"]),
+    (dict(channel_div=0), ["channel_div must be >= 1, got 0"]),
+    (dict(example_size=-2**63), ["example_size must be >= 1"]),
+    (dict(example_size=2**62), ["example_size must divide x's 120 elements"]),
+])
+def test_random_init_kernel_refuses_integers_out_of_range(change, words):
+    assert_refused(OPS._random_init_kernel_, random_init_args(**change), ValueError,
+                   "fastadv::_random_init_kernel_", *words)
+
+
+@pytest.mark.parametrize("example_size, words", [
+    (0, "example_size must be >= 1, got 0"), (-1, "example_size must be >= 1, got -1"),
+    (-2**63, "example_size must be >= 1"), (2**63 - 1, "example_size must divide x's 24"),
+    (48, "example_size must divide x's 24 elements, got 48"),
+])
+def test_keep_best_kernel_refuses_integers_out_of_range(example_size, words):
+    assert_refused(OPS._keep_best_kernel_, keep_best_args(example_size=example_size), ValueError,
+                   "fastadv::_keep_best_kernel_", words, written="best_x")
+
+
+def test_empty_x_still_needs_positive_integers():
+    x = torch.empty(2, 0, 4)
+    for example_size, channel_div, word in [(0, 1, "example_size"), (1, -2**63, "channel_div")]:
+        with pytest.raises(ValueError, match=f"{word} must be >= 1"):
+            OPS._linf_step_kernel_(x, x.clone(), x.clone(), None, 0.1, None, 0.1, None, 0.0,
+                                   None, 1.0, example_size, channel_div)
+
+
+@pytest.mark.parametrize("change, words", INTEGER_CASES[:6] + INTEGER_CASES[8:])
+def test_triton_launcher_checks_are_the_cpp_checks(change, words):
+    """The op layer checks the Triton launchers' arguments with fastadv/_kernel_checks.py:
+    the rules of csrc/checks.h, with the same error (the fuzz compares them at random)."""
+    from fastadv import _kernel_checks
+
+    args = list(step_args(**change).values())
+    with pytest.raises(ValueError) as cpp:
+        OPS._linf_step_kernel_(*args)
+    with pytest.raises(ValueError) as python:
+        _kernel_checks.launcher_args("linf_step", args[0], tuple(args[1:]))
+    assert str(python.value) == str(cpp.value)
+
+
 def test_step_kernel_refuses_a_strided_x():
     x = torch.rand(2, 3, 4, 10)[..., ::2]
     args = step_args(x=x, grad=torch.randn(2, 3, 4, 10)[..., ::2], x_nat=x.clone())
@@ -186,12 +277,55 @@ def test_pgd_op_refuses_tensors_on_another_device(which):
 
     x = torch.rand(2, 3, 4, 4)
     before = x.clone()
-    args = {"grad": torch.randn_like(x), "x_nat": x.clone(), "eps_per_example": torch.full((2,), 0.1)}
+    args = {"grad": torch.randn_like(x), "x_nat": x.clone(),
+            "eps_per_example": torch.full((2,), 0.1)}
     args[which] = args[which].to("meta")
     with pytest.raises(ValueError, match=f"pgd_: {which} is on meta"):
         ops._pgd_op(x, args["grad"], args["x_nat"], args["eps_per_example"], 0.0, None, 0.01,
                     None, 0.0, None, 1.0, "linf")
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("stride", [0, 3, 2**40])
+def test_op_layer_channel_div_for_a_one_element_channel_dim(stride):
+    """x [B, 1, ...] is contiguous whatever the stride of dim 1: the op layer passes
+    channel_div 1 there (it passed the stride, 0 refused by the kernel, 2**40 beyond
+    example_size)."""
+    import fastadv
+    from fastadv import reference
+
+    base = torch.rand(2, 1, 3)
+    x = base.clone().as_strided((2, 1, 3), (3, stride, 1))
+    assert x.is_contiguous()
+    grad, x_nat = torch.randn(2, 1, 3), torch.rand(2, 1, 3)
+    lower = torch.tensor([0.1]).view(1, 1)
+    expected = reference.linf_step(base, grad, x_nat, 0.2, 0.05, lower, 1.0)
+    fastadv.pgd_(x, grad, x_nat, eps=0.2, alpha=0.05, lower=lower)
+    assert torch.equal(x, expected)
+
+
+@pytest.mark.skipif(not any(b == "triton" for _, b in BACKEND_CASES),
+                    reason="Triton cannot run here")
+def test_registered_op_on_triton_checks_like_the_kernel_ops(monkeypatch):
+    """torch.ops.fastadv.pgd_ called directly (no public checks) with a short grad: the
+    Triton launcher is checked as _linf_step_kernel_ is, instead of reading out of bounds."""
+    monkeypatch.setenv("FASTADV_BACKEND", "triton")
+    x = torch.rand(4, 3, 5, 5)
+    before = x.clone()
+    with pytest.raises(ValueError, match="grad has shape"):
+        torch.ops.fastadv.pgd_(x, torch.randn(2), x.clone(), None, 0.1, None, 0.01, None, 0.0,
+                               None, 1.0, "linf")
+    with pytest.raises(ValueError, match="eps must have one value per example"):
+        torch.ops.fastadv.pgd_(x, torch.randn_like(x), x.clone(), torch.ones(1), 0.0, None, 0.01,
+                               None, 0.0, None, 1.0, "linf")
+    assert torch.equal(x, before)
+
+
+def test_registered_step_op_refuses_another_norm():
+    x = torch.rand(2, 3)
+    with pytest.raises(ValueError, match="norm must be 'linf' or 'l2', got 'Linf'"):
+        torch.ops.fastadv.pgd_(x, torch.randn_like(x), x.clone(), None, 0.1, None, 0.01, None,
+                               0.0, None, 1.0, "Linf")
 
 
 def test_keep_best_op_refuses_loss_on_another_device():

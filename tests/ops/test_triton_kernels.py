@@ -143,6 +143,9 @@ def test_aligned_split():
     assert aligned_split(105, [flat(105, offset=1), flat(105)]) == Split(0, 96, 9)  # no common
     assert aligned_split(5, [flat(5, offset=3)]) == Split(1, 0, 4)
     assert aligned_split(3, [flat(3, torch.float16, offset=1)]) == Split(0, 0, 3)
+    # Aligned after exactly numel elements: no head, or the shifted tensors would be empty
+    # (a null data_ptr, below which the head block read and wrote: found by the raw-op fuzz).
+    assert aligned_split(3, [flat(3, offset=1)]) == Split(0, 0, 3)
 
 
 # (shape, offset of x_adv, offset of grad and x_nat): odd sizes (tails), common offsets

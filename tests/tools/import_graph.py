@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # layer and the ones below, never from above; train and eval stand side by side, apart.
 LAYERS = (
     ("fastadv._version", "fastadv.errors", "fastadv._io", "fastadv._outdir", "fastadv.devices",
-     "fastadv.cli_common", "fastadv._layout", "fastadv._checks", "fastadv.reference",
+     "fastadv.cli_common", "fastadv._layout", "fastadv._checks", "fastadv._kernel_checks",
+     "fastadv.reference",
      "fastadv._cuda_toolkit", "fastadv.backends", "fastadv.nn", "fastadv.kernels"),
     ("fastadv.ops", "fastadv.model_specs", "fastadv.models", "fastadv.checkpoint",
      "fastadv.data"),

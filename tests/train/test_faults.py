@@ -154,7 +154,8 @@ def test_resume_refuses_a_folder_that_holds_something_else(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     result = run_cli(*TINY, "--method", "pgd", "--out", str(out), "--resume")
-    assert result.returncode == 2 and "last.pt' does not exist" in result.stderr
+    assert result.returncode == 2 and "last.pt does not exist (nothing to resume" in result.stderr
+    assert "it holds notes.txt" in result.stderr
     assert sorted(os.listdir(out)) == ["notes.txt"]
 
 

@@ -177,6 +177,33 @@ def test_bad_folders_exit_2_and_unreadable_images_are_skipped(tmp_path):
     assert "held out of train/" in result.stdout  # no val/ or test/: both held out
 
 
+def test_a_truncated_image_reads_the_same_with_loader_workers(tmp_path):
+    """--workers 2 used to print the DataLoader's 30-line worker traceback after "error:"."""
+    from PIL import Image
+
+    write_factory_module(tmp_path)
+    data = make_image_folder(tmp_path / "images", classes=2)
+    for i in range(12):  # every image of c0 a JPEG cut in half: the first batch meets one
+        path = os.path.join(data, "train", "c0", f"{i:03d}.jpg")
+        Image.open(os.path.join(data, "train", "c0", f"{i:03d}.png")).save(path, quality=95)
+        os.remove(path[:-4] + ".png")
+        with open(path, "rb") as f:
+            body = f.read()
+        with open(path, "wb") as f:
+            f.write(body[:len(body) // 2])
+    errors = []
+    for workers in ("0", "2"):
+        result = run(["--dataset", f"folder:{data}", "--model", "my_models:tiny_net",
+                      "--epochs", "1", "--workers", workers, "--out",
+                      str(tmp_path / f"run{workers}"), *TINY], cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        errors.append(result.stderr)
+    assert errors[0] == errors[1]
+    assert errors[1].count("\n") == 1 and errors[1].startswith(
+        "python -m fastadv.train: error: cannot read image ")
+    assert "image file is truncated" in errors[1] and "Traceback" not in errors[1]
+
+
 def test_folder_needs_torchvision_and_says_so(tmp_path, monkeypatch, capsys):
     from fastadv.train.cli import main
 

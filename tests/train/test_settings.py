@@ -59,3 +59,41 @@ def test_the_command_line_and_fit_default_alpha_by_that_rule():
     assert TrainConfig.for_dataset("cifar10", eps=4 / 255).alpha == config.default_alpha(
         "pgd", 4 / 255, 10, config.DATASET_DEFAULTS["cifar10"])
     assert TrainConfig.for_dataset("digits", method="fgsm-rs", eps=0.1).alpha == 1.25 * 0.1
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--seed", "99999999999999999999999"], "--seed must lie in [0, 17592186044415]"),
+    (["--seed", "-1"], "--seed must lie in [0, 17592186044415]"),
+    (["--epochs", "10000000000000"], "--epochs must be at most 2147483647"),
+    (["--width", "100000"], "--width must lie in [1, 1024]"),
+    (["--image-size", "100000"], "--image-size must lie in [4, 16384]"),
+    (["--lr", "1e400"], "argument --lr: '1e400' is too large for a float"),
+    (["--resume", "--overwrite", "--out", "x"], "pass one of them"),
+])
+def test_out_of_range_flags_are_one_clear_line(argv, words, capsys, tmp_path, monkeypatch):
+    """A huge --seed gave a traceback (an overflow in torch.manual_seed); every integer flag
+    has a range, and a number too large for a float is named."""
+    from fastadv.train.cli import config_from_args
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert words in err, err
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("eps", "0.1", "--eps must be a number, got '0.1' (str)"),
+    ("steps", 2.5, "--steps must be an integer, got 2.5 (float)"),
+    ("compile", 1, "--compile must be true or false, got 1 (int)"),
+    ("lr", float("inf"), "--lr must be finite, got inf"),
+    ("batch_size", True, "--batch-size must be an integer, got True (bool)"),
+    ("model", 5, "--model must be a string, got 5 (int)"),
+    ("dataset", None, "--dataset must be a string, got None (NoneType)"),
+])
+def test_a_crafted_config_gets_a_clear_error_not_a_type_error(field, value, words):
+    """Settings read back from a file (a resume's config.json) are type-checked by the table."""
+    cfg = TrainConfig(**{**TrainConfig().to_dict(), field: value})
+    with pytest.raises(TrainConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        config.check(cfg)

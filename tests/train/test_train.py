@@ -276,8 +276,12 @@ def test_pending_best_checkpoint_is_settled_on_resume(tmp_path):
 
     pending, best = str(tmp_path / "best.pt.pending"), str(tmp_path / "best.pt")
     for pending_epoch, last_epoch, kept in ((3, 3, True), (3, 2, False)):
-        save_atomic({"format": "fastadv-checkpoint/1", "progress": {"epoch": pending_epoch}},
-                    pending)
+        save_atomic({"format": "fastadv-checkpoint/1", "config": {}, "model_args": None,
+                     "model": {}, "optimizer": {}, "scheduler": {}, "scaler": None,
+                     "progress": {"epoch": pending_epoch, "step_in_epoch": 0,
+                                  "global_step": 0, "best_score": 0.5, "best_epoch": 1,
+                                  "history": []},
+                     "ranks": [{}], "world_size": 1}, pending)
         settle_pending_best(pending, best, {"progress": {"epoch": last_epoch}})
         assert not os.path.exists(pending)
         assert os.path.exists(best) == kept
@@ -382,6 +386,9 @@ def test_load_model_rejects_foreign_and_missing_files(tmp_path):
     with pytest.raises(ValueError, match="not a fastadv checkpoint"):
         fastadv.load_model(str(tmp_path / "other.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="is a text file, not a checkpoint"):
+        fastadv.load_model(str(tmp_path / "junk.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"\x00\xff binary garbage")
     with pytest.raises(ValueError, match="not a fastadv checkpoint"):
         fastadv.load_model(str(tmp_path / "junk.pt"))
 
@@ -450,7 +457,8 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert main([*FAST, "--epochs", "1", "--out", out]) == 0
     before = weights(os.path.join(out, "last.pt"))
     result = run_cli(*FAST, "--out", out)
-    assert result.returncode == 2 and "--resume" in result.stderr
+    assert result.returncode == 2 and "already holds a run, finished" in result.stderr
+    assert "--overwrite" in result.stderr
     assert same_weights(before, weights(os.path.join(out, "last.pt")))
 
 
