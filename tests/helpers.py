@@ -1,6 +1,8 @@
 """Shared test helpers: data builders, layouts and an exact/ulp comparison that names the
 first mismatching element."""
 
+import json
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -75,3 +77,15 @@ class OpsSeen(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.append(str(func))
         return func(*args, **(kwargs or {}))
+
+
+def same_report(a_path, b_path):
+    """Two evaluation reports (fastadv.eval --json) agree on every result: per-example bits,
+    accuracies, the curve, each attack's accuracy and each sanity check."""
+    a, b = json.load(open(a_path)), json.load(open(b_path))
+    for key in ("per_example", "clean_acc", "robust_acc", "curve"):
+        assert a[key] == b[key], key
+    assert {k: v["robust_acc"] for k, v in a["attacks"].items()} == \
+        {k: v["robust_acc"] for k, v in b["attacks"].items()}
+    assert [(c["name"], c["status"], c["values"]) for c in a["sanity"]["checks"]] == \
+        [(c["name"], c["status"], c["values"]) for c in b["sanity"]["checks"]]

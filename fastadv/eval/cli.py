@@ -148,9 +148,9 @@ def prepare(args: argparse.Namespace) -> Plan:
                              ("--sanity-examples", args.sanity_examples, 1),
                              ("--curve-steps", args.curve_steps, 1),
                              ("--n-examples", args.n_examples, 1), ("--seed", args.seed, 0)):
-        need(value is None or low <= value <= (MAX_SEED if flag == "--seed" else MAX_COUNT),
-             f"{flag} must lie in [{low}, {MAX_SEED if flag == '--seed' else MAX_COUNT}], got "
-             f"{value}")
+        high = MAX_SEED if flag == "--seed" else MAX_COUNT
+        need(value is None or low <= value <= high,
+             f"{flag} must lie in [{low}, {high}], got {value}")
     try:
         attacks = check_attacks(args.attacks)
     except ValueError as exc:

@@ -59,9 +59,8 @@ def output_paths(prefix: str, flag: str = "--out",
     are never replaced unasked."""
     if not prefix:
         raise ExperimentError(f"{flag} must be a non-empty path prefix")
-    base, ext = os.path.splitext(prefix)
-    if ext.lower() in (".json", ".png"):
-        prefix = base
+    json_path, png_path = refuse_existing(prefix, flag, overwrite)
+    prefix = json_path[:-len(".json")]
     folder = os.path.dirname(os.path.abspath(prefix))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -70,7 +69,6 @@ def output_paths(prefix: str, flag: str = "--out",
             from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ExperimentError(f"{flag} {prefix!r}: {folder} is not writable")
-    json_path, png_path = refuse_existing(prefix, flag, overwrite)
     # The temp files of writes of these outputs that a kill interrupted.
     count, size = remove_leftovers(folder, {os.path.basename(json_path),
                                             os.path.basename(png_path)})

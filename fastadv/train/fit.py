@@ -209,9 +209,9 @@ def _job(cfg: TrainConfig, ctx: distributed.Context, model, train_data, val_data
                               train.indices[:k] if train.streamed else None, device,
                               tensors=(train.x[:k], train.y[:k]) if not train.streamed else None)
     if val_data is None:
-        val = _eval_source(cfg, kind, train_data, val_idx, device, name="train_data")
+        val = _eval_source(cfg, kind, train_data, val_idx, device)  # checked as train_data
     else:
-        val = _eval_source(cfg, *_kind(val_data, "val_data"), None, device)
+        val = _eval_source(cfg, *_kind(val_data, "val_data"), None, device, name="val_data")
     test = None if test_data is None else _eval_source(cfg, *_kind(test_data, "test_data"),
                                                        None, device, name="test_data")
     num_classes = _num_classes(model, train, device)
@@ -268,12 +268,14 @@ def _first_image(dataset, name: str) -> Tensor:
     return item[0]
 
 
-def _eval_source(cfg, kind, data, indices, device, tensors=None, name="val_data"):
+def _eval_source(cfg, kind, data, indices, device, tensors=None, name=None):
+    """``name``: the argument whose tensors' pixel range to check (None: checked already)."""
     if tensors is not None:
         return TensorEval(*tensors)
     if kind == "tensors":
         x, y = data
-        _check_range(x, name)
+        if name is not None:
+            _check_range(x, name)
         if indices is not None:
             x, y = x[indices], y[indices]
         if _fits_on(device, (x, y)):

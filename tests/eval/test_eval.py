@@ -23,6 +23,7 @@ from fastadv.eval.cli import main
 from fastadv.eval.curve import eps_grid
 from fastadv.eval.sanity import Evidence, black_box_weaker, doubling, iterative_vs_single_step
 from fastadv.train.cli import main as train_main
+from helpers import same_report
 
 ALL_CHECKS = ["iterative-vs-single-step", "more-steps", "more-restarts", "eps-monotone",
               "large-eps", "black-box-weaker", "input-gradients", "perturbation-bounds"]
@@ -364,13 +365,7 @@ def test_resume_after_sigkill_gives_the_same_results(checkpoint, tmp_path, capsy
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     assert not os.path.exists(partial)
-    a, b = json.load(open(whole)), json.load(open(killed))
-    for key in ("per_example", "clean_acc", "robust_acc", "curve"):
-        assert a[key] == b[key], key
-    assert {k: v["robust_acc"] for k, v in a["attacks"].items()} == \
-        {k: v["robust_acc"] for k, v in b["attacks"].items()}
-    assert [(c["name"], c["status"], c["values"]) for c in a["sanity"]["checks"]] == \
-        [(c["name"], c["status"], c["values"]) for c in b["sanity"]["checks"]]
+    same_report(whole, killed)
 
 
 # --------------------------------------------------------------------------- pieces

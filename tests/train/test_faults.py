@@ -20,6 +20,7 @@ import torch
 from fastadv.checkpoint import load_checkpoint
 from fastadv._io import KILL_IN_WRITE
 from fastadv._outdir import LOCK_NAME
+from helpers import same_report
 from test_train import read_metrics, run_cli, same_weights, weights
 
 # 40 batches an epoch, a checkpoint every 5: ~20 atomic writes in a whole run.
@@ -171,16 +172,6 @@ def run_eval(*args, env=None):
     env.pop("FASTADV_BACKEND", None)
     return subprocess.run([sys.executable, "-m", "fastadv.eval", *args], capture_output=True,
                           text=True, env=env, timeout=600)
-
-
-def same_report(a_path, b_path):
-    a, b = json.load(open(a_path)), json.load(open(b_path))
-    for key in ("per_example", "clean_acc", "robust_acc", "curve"):
-        assert a[key] == b[key], key
-    assert {k: v["robust_acc"] for k, v in a["attacks"].items()} == \
-        {k: v["robust_acc"] for k, v in b["attacks"].items()}
-    assert [(c["name"], c["status"], c["values"]) for c in a["sanity"]["checks"]] == \
-        [(c["name"], c["status"], c["values"]) for c in b["sanity"]["checks"]]
 
 
 @pytest.mark.slow
