@@ -70,7 +70,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the backend choice. The CPU cases are CI's (the -k filter drops them here).
 GPU_TESTS = [f"tests/ops/test_{name}.py" for name in (
     "pgd_linf", "pgd_l2", "random_init", "keep_best", "registration", "cuda", "backend_choice",
-    "validation", "compile_path")]
+    "validation", "compile_path", "drop_in")]
 NOT_CPU_CASES = "not cpu-cpp and not cpu-torch and not cpu-triton"
 MEMCHECK_TESTS = [f"tests/ops/test_{name}.py" for name in (
     "pgd_linf", "pgd_l2", "random_init", "keep_best")]
@@ -257,7 +257,7 @@ def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]
                   [*test_cmd, f"--junitxml={path('tests.junit.xml')}"], 0.17, 20,
                   outputs={"junit": "tests.junit.xml"})
 
-    op = Piece("op", "op suite: pgd_ fp32 GB/s vs a copy and the eager formula",
+    op = Piece("op", "op suite: pgd_ and pgd_delta_ fp32 GB/s vs a copy and the eager lines",
                [py, "-m", "benchmarks.op", "--device", device, *quick,
                 "--json", path("op.json")], 0.05, 10, outputs={"json": "op.json"})
 

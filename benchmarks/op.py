@@ -1,5 +1,7 @@
 """The op benchmark: fastadv.pgd_ against the eager formula most PGD code uses, and against a
-plain tensor copy measured in the same run (the memory roofline a fused step can approach).
+plain tensor copy measured in the same run (the memory roofline a fused step can approach);
+then the perturbation form, fastadv.pgd_delta_, against the two lines delta-form code writes
+(``delta:`` rows, ratios against those lines), with ε per channel too.
 
     python -m benchmarks.op --device cpu [--quick] [--json benchmarks/results/op-cpu.json]
     python -m benchmarks.op --device cpu --call-overhead   # the call-overhead table alone
@@ -54,10 +56,17 @@ def eager_linf_step(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA, lower=0.0, upper=1
     return torch.clamp(x_adv, lower, upper)
 
 
+def eager_delta_step(delta, grad, x, eps=EPS, alpha=ALPHA, lower=0.0, upper=1.0):
+    """The perturbation-form step as delta-form PGD code writes it (two lines)."""
+    d = torch.clamp(delta + alpha * torch.sign(grad), min=-eps, max=eps)
+    return torch.max(torch.min(d, upper - x), lower - x)
+
+
 def make_state(shape, device, dtype=torch.float32):
     gen = torch.Generator().manual_seed(0)
     x_nat = torch.rand(shape, generator=gen).to(device, dtype)
-    x_adv = (x_nat + 0.01 * torch.randn(shape, generator=gen).to(device, dtype)).clamp(0, 1)
+    step = (0.01 * torch.randn(shape, generator=gen)).clamp(-EPS, EPS)  # inside the ball
+    x_adv = (x_nat + step.to(device, dtype)).clamp(0, 1)
     grad = torch.randn(shape, generator=gen).to(device, dtype)
     return x_adv, grad, x_nat
 
@@ -77,6 +86,37 @@ def fused_step_fn(backend: str, x_adv, grad, x_nat):
         os.environ["FASTADV_BACKEND"] = backend
         fastadv.pgd_(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA)
     return run
+
+
+def delta_step_fn(backend: str, delta, grad, x, eps=EPS, alpha=ALPHA):
+    def run():
+        os.environ["FASTADV_BACKEND"] = backend
+        fastadv.pgd_delta_(delta, grad, x, eps=eps, alpha=alpha)
+    return run
+
+
+def delta_timings(device, x_adv, grad, x_nat, repeats) -> dict:
+    """The perturbation form on the same tensors: eager lines, compiled, fastadv per backend
+    with float ε and with ε/α per channel ([C, 1, 1])."""
+    delta = (x_adv - x_nat).clamp(-EPS, EPS)
+    timings = {"delta: eager": time_fn(lambda: eager_delta_step(delta, grad, x_nat), device,
+                                       repeats=repeats)}
+    step = torch.compile(lambda d, g, n: d.copy_(eager_delta_step(d, g, n)), dynamic=False)
+    work = delta.clone()
+    start = time.perf_counter()
+    step(work, grad, x_nat)
+    compile_s = time.perf_counter() - start
+    timings["delta: compile"] = time_fn(lambda: step(work, grad, x_nat), device,
+                                        repeats=repeats)
+    channels = x_adv.shape[1]
+    eps_c = torch.full((channels, 1, 1), EPS, device=device)
+    for backend in backends.available(device):
+        timings[f"delta: fastadv[{backend}]"] = time_fn(
+            delta_step_fn(backend, delta.clone(), grad, x_nat), device, repeats=repeats)
+        timings[f"delta: fastadv[{backend}] ε/α per channel"] = time_fn(
+            delta_step_fn(backend, delta.clone(), grad, x_nat, eps_c, eps_c / 4), device,
+            repeats=repeats)
+    return timings, compile_s
 
 
 @dataclass(frozen=True)
@@ -112,15 +152,18 @@ def run(device: torch.device, shapes, dtype=torch.float32, repeats=20) -> list[R
             for backend in backends.available(device):
                 timings[f"fastadv[{backend}]"] = time_fn(
                     fused_step_fn(backend, x_adv, grad, x_nat), device, repeats=repeats)
+            deltas, delta_compile_s = delta_timings(device, x_adv, grad, x_nat, repeats)
+            timings.update(deltas)
             copy_gbs = 2 * x_adv.numel() * x_adv.element_size() / timings["copy"].min_s / 1e9
             for impl, t in timings.items():
                 moved = op_bytes / 2 if impl == "copy" else op_bytes
                 gbs = moved / t.min_s / 1e9
+                eager = timings["delta: eager" if impl.startswith("delta:") else "eager"]
+                compiled_s = {"compile": compile_s, "delta: compile": delta_compile_s}.get(impl)
                 rows.append(Row(name, str(dtype).removeprefix("torch."), impl, t.min_s * 1e6,
                                 t.median_s * 1e6, gbs, gbs / copy_gbs,
-                                timings["eager"].min_s / t.min_s,
-                                timings["eager"].median_s / t.median_s,
-                                compile_s if impl == "compile" else None))
+                                eager.min_s / t.min_s, eager.median_s / t.median_s,
+                                compiled_s))
     finally:
         if saved is None:
             os.environ.pop("FASTADV_BACKEND", None)
@@ -151,6 +194,9 @@ def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -
     def float_eps():
         fastadv.pgd_(x_adv, grad, x_nat, eps=EPS, alpha=ALPHA)
 
+    delta = (x_adv - x_nat).clamp(-EPS, EPS)
+    eps_c = torch.full((OVERHEAD_SHAPE[1], 1, 1), EPS, device=device)
+
     calls = {
         "call: torch.add": lambda: torch.add(x_adv, grad),
         "call: torch.add(out=)": lambda: torch.add(x_adv, grad, out=out),
@@ -160,6 +206,11 @@ def call_overhead(device: torch.device, number: int = 2000, repeats: int = 15) -
         "call: fastadv.pgd_ (float eps, kernel stubbed)": float_eps,
         "call: fastadv.pgd_ (tensor eps)": lambda: fastadv.pgd_(x_adv, grad, x_nat,
                                                                 eps=eps_t, alpha=alpha_t),
+        "call: eager delta lines": lambda: eager_delta_step(delta, grad, x_nat),
+        "call: fastadv.pgd_delta_ (float eps)": lambda: fastadv.pgd_delta_(
+            delta, grad, x_nat, eps=EPS, alpha=ALPHA),
+        "call: fastadv.pgd_delta_ (eps per channel)": lambda: fastadv.pgd_delta_(
+            delta, grad, x_nat, eps=eps_c, alpha=eps_c),
     }
     float_eps()  # the backend choice is made (and kept, also with the kernel stubbed)
     times = {}

@@ -11,7 +11,10 @@
 // TypeError for dtypes (the op contract's exception types).
 #pragma once
 #include <ATen/ATen.h>
+#include <initializer_list>
 #include <optional>
+#include <vector>
+#include "params.h"
 
 namespace fastadv::checks {
 
@@ -105,12 +108,13 @@ inline void table(const char* op, const char* name, const std::optional<at::Tens
 
 // Per-channel lower/upper index the same channels (`numel` of whichever is given), so they
 // must agree in length, and hold at least one; their length sets the channel period.
-inline void bounds(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& lower,
-                   const std::optional<at::Tensor>& upper, int64_t examples,
-                   int64_t example_size, int64_t channel_div) {
+inline int64_t bounds(const char* op, const at::Tensor& x,
+                      const std::optional<at::Tensor>& lower,
+                      const std::optional<at::Tensor>& upper, int64_t examples,
+                      int64_t example_size, int64_t channel_div) {
   table(op, "lower", lower, x, -1);
   table(op, "upper", upper, x, -1);
-  if (examples < 0) return;
+  if (examples < 0) return 1;
   for (const auto* t : {&lower, &upper}) {
     TORCH_CHECK_VALUE(!t->has_value() || (*t)->numel() >= 1, op, ": ",
                       t == &lower ? "lower" : "upper",
@@ -123,30 +127,113 @@ inline void bounds(const char* op, const at::Tensor& x, const std::optional<at::
   const int64_t channels = lower.has_value() ? lower->numel()
                            : upper.has_value() ? upper->numel() : 1;
   period(op, example_size, channel_div, channels, name);
+  return channels;
 }
 
-// _linf_step_kernel_ and _l2_step_kernel_.
-inline void step_args(const char* op, const at::Tensor& x, const at::Tensor& grad,
-                      const at::Tensor& x_nat, const std::optional<at::Tensor>& eps,
-                      const std::optional<at::Tensor>& alpha,
-                      const std::optional<at::Tensor>& lower,
-                      const std::optional<at::Tensor>& upper, int64_t example_size,
-                      int64_t channel_div) {
+// The kinds an empty `kinds` stands for: eps and alpha per example, the bounds per channel.
+inline std::vector<int64_t> legacy_kinds(const std::optional<at::Tensor>& eps,
+                                         const std::optional<at::Tensor>& alpha,
+                                         const std::optional<at::Tensor>& lower,
+                                         const std::optional<at::Tensor>& upper) {
+  return {eps.has_value() ? kExample : kScalar, alpha.has_value() ? kExample : kScalar,
+          lower.has_value() ? kChannel : kScalar, upper.has_value() ? kChannel : kScalar};
+}
+
+// The same for the random start's (eps, lower, upper).
+inline std::vector<int64_t> legacy_kinds(const std::optional<at::Tensor>& eps,
+                                         const std::optional<at::Tensor>& lower,
+                                         const std::optional<at::Tensor>& upper) {
+  return {eps.has_value() ? kExample : kScalar, lower.has_value() ? kChannel : kScalar,
+          upper.has_value() ? kChannel : kScalar};
+}
+
+// The `kinds` and `order` of _linf_step_kernel_ and _random_init_kernel_ (params.h Kind,
+// Order): every parameter's tensor sized for its kind, and their channel counts agreeing.
+// `names`, `tables` and `kinds` are parallel; an empty `kinds` is the older form, checked by
+// the callers as before. Returns the channel count the kernels index with (1 without).
+inline int64_t kinded(const char* op, const at::Tensor& x,
+                      std::initializer_list<const char*> names,
+                      std::initializer_list<const std::optional<at::Tensor>*> tables,
+                      c10::IntArrayRef kinds, int64_t order, int64_t examples,
+                      int64_t example_size, int64_t channel_div) {
+  TORCH_CHECK_VALUE(order >= 0 && order < kOrders, op, ": order must be 0, 1, 2 or 3, got ",
+                    order);
+  TORCH_CHECK_VALUE(kinds.size() == names.size(), op, ": kinds must hold ", names.size(),
+                    " values (one per parameter) or none, got ", kinds.size());
+  int64_t channels = -1;
+  const char* channel_table = nullptr;
+  auto name = names.begin();
+  auto table_it = tables.begin();
+  for (size_t k = 0; k < kinds.size(); ++k, ++name, ++table_it) {
+    const std::optional<at::Tensor>& t = **table_it;
+    const int64_t kind = kinds[k];
+    TORCH_CHECK_VALUE(kind >= 0 && kind < kKinds, op, ": the kind of ", *name,
+                      " must be 0 to 4, got ", kind);
+    TORCH_CHECK_VALUE((kind == kScalar) == !t.has_value(), op, ": ", *name,
+                      t.has_value() ? " is a tensor but its kind is 0 (a scalar)"
+                                    : " has a tensor kind but no tensor");
+    if (!t.has_value()) continue;
+    if (kind == kElement) {
+      read_like(op, *name, *t, "x", x, /*same_dtype=*/false);
+      TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, op, ": ", *name,
+                       " must be float32, got ", t->scalar_type());
+      continue;
+    }
+    table(op, *name, t, x, -1);
+    if (examples < 0) continue;
+    const int64_t n = t->numel();
+    if (kind == kExample) {
+      TORCH_CHECK_VALUE(n == examples, op, ": ", *name, " must have one value per example (",
+                        examples, "), got ", n);
+      continue;
+    }
+    int64_t count = n;
+    if (kind == kExampleChannel) {
+      TORCH_CHECK_VALUE(n >= examples && n % examples == 0, op, ": ", *name,
+                        " must have one value per example and channel (", examples,
+                        " examples), got ", n);
+      count = n / examples;
+    }
+    TORCH_CHECK_VALUE(count >= 1, op, ": ", *name, " must hold one value per channel, got none");
+    TORCH_CHECK_VALUE(channels < 0 || count == channels, op, ": ", *name, " has ", count,
+                      " channels but ", channel_table, " has ", channels);
+    channels = count;
+    channel_table = *name;
+  }
+  if (examples < 0) return 1;
+  period(op, example_size, channel_div, channels < 0 ? 1 : channels, channel_table);
+  return channels < 0 ? 1 : channels;
+}
+
+// _linf_step_kernel_ and _l2_step_kernel_ (which has no kinds or order). Returns the
+// channel count of the walk.
+inline int64_t step_args(const char* op, const at::Tensor& x, const at::Tensor& grad,
+                         const at::Tensor& x_nat, const std::optional<at::Tensor>& eps,
+                         const std::optional<at::Tensor>& alpha,
+                         const std::optional<at::Tensor>& lower,
+                         const std::optional<at::Tensor>& upper, int64_t example_size,
+                         int64_t channel_div, c10::IntArrayRef kinds = {}, int64_t order = 0) {
   written(op, "x", x);
   read_like(op, "grad", grad, "x", x, /*same_dtype=*/false);
   read_like(op, "x_nat", x_nat, "x", x, /*same_dtype=*/true);
   const int64_t examples = walk(op, x, example_size, channel_div);
+  if (!kinds.empty() || order != 0) {
+    return kinded(op, x, {"eps", "alpha", "lower", "upper"}, {&eps, &alpha, &lower, &upper},
+                  kinds.empty() ? c10::IntArrayRef(legacy_kinds(eps, alpha, lower, upper)) : kinds,
+                  order, examples, example_size, channel_div);
+  }
   table(op, "eps", eps, x, examples);
   table(op, "alpha", alpha, x, examples);
-  bounds(op, x, lower, upper, examples, example_size, channel_div);
+  return bounds(op, x, lower, upper, examples, example_size, channel_div);
 }
 
 // _random_init_kernel_: the seed is read where x is (on the GPU, without a host sync).
-inline void random_init_args(const char* op, const at::Tensor& x, const at::Tensor& x_nat,
-                             const at::Tensor& seed, const std::optional<at::Tensor>& eps,
-                             const std::optional<at::Tensor>& lower,
-                             const std::optional<at::Tensor>& upper, int64_t example_size,
-                             int64_t channel_div) {
+inline int64_t random_init_args(const char* op, const at::Tensor& x, const at::Tensor& x_nat,
+                                const at::Tensor& seed, const std::optional<at::Tensor>& eps,
+                                const std::optional<at::Tensor>& lower,
+                                const std::optional<at::Tensor>& upper, int64_t example_size,
+                                int64_t channel_div, c10::IntArrayRef kinds = {},
+                                int64_t order = 0) {
   written(op, "x", x);
   read_like(op, "x_nat", x_nat, "x", x, /*same_dtype=*/true);
   same_device(op, "seed", seed, "x", x);
@@ -154,8 +241,13 @@ inline void random_init_args(const char* op, const at::Tensor& x, const at::Tens
                    seed.scalar_type());
   TORCH_CHECK_VALUE(seed.numel() >= 1, op, ": seed must hold one value, got an empty tensor");
   const int64_t examples = walk(op, x, example_size, channel_div);
+  if (!kinds.empty() || order != 0) {
+    return kinded(op, x, {"eps", "lower", "upper"}, {&eps, &lower, &upper},
+                  kinds.empty() ? c10::IntArrayRef(legacy_kinds(eps, lower, upper)) : kinds,
+                  order, examples, example_size, channel_div);
+  }
   table(op, "eps", eps, x, examples);
-  bounds(op, x, lower, upper, examples, example_size, channel_div);
+  return bounds(op, x, lower, upper, examples, example_size, channel_div);
 }
 
 // _keep_best_kernel_: best_loss and loss hold one value per example, in one dtype.

@@ -7,8 +7,12 @@ with the host on the first step only."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+import os
+import sys
+import warnings
 import weakref
 
 import torch
@@ -24,7 +28,8 @@ def values_checkable(*tensors: Tensor) -> bool:
         return False
     if any(type(t) is not Tensor and _is_tracer_tensor(t) for t in tensors):
         return False
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    # Only CUDA work is captured; torch.cuda.is_available() alone costs ~1 µs per call.
+    return not (any(t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing())
 
 
 def _is_tracer_tensor(t: Tensor) -> bool:
@@ -65,19 +70,21 @@ def like(name: str, value, ref_name: str, ref: Tensor, *, same_dtype: bool) -> T
     return t
 
 
-def step_tensors(x_adv, grad, x_nat) -> None:
-    """The checks of ``batched("x_adv")``, ``like("grad", same_dtype=False)`` and
-    ``like("x_nat", same_dtype=True)``, combined into one expression because every step makes
-    them; anything unusual takes the separate checks, which name what is wrong."""
+def step_tensors(x_adv, grad, x_nat, names=("x_adv", "x_nat")) -> None:
+    """The checks of ``batched(x_adv)``, ``like("grad", same_dtype=False)`` and
+    ``like(x_nat, same_dtype=True)``, combined into one expression because every step makes
+    them; anything unusual takes the separate checks, which name what is wrong. ``names``:
+    the written tensor's and the centre's (``("delta", "x")`` for the perturbation form)."""
     if (isinstance(x_adv, Tensor) and isinstance(grad, Tensor) and isinstance(x_nat, Tensor)
             and x_adv.dtype in SUPPORTED_DTYPES and grad.dtype in SUPPORTED_DTYPES
             and x_nat.dtype is x_adv.dtype and x_adv.dim() > 0
             and grad.shape == x_adv.shape and x_nat.shape == x_adv.shape
             and grad.device == x_adv.device and x_nat.device == x_adv.device):
         return
-    batched("x_adv", x_adv)
-    like("grad", grad, "x_adv", x_adv, same_dtype=False)
-    like("x_nat", x_nat, "x_adv", x_adv, same_dtype=True)
+    written, centre = names
+    batched(written, x_adv)
+    like("grad", grad, written, x_adv, same_dtype=False)
+    like(centre, x_nat, written, x_adv, same_dtype=True)
 
 
 # Tensor parameters already checked, so that a loop passing the same eps/alpha/bound tensors
@@ -156,69 +163,131 @@ def _check_values(name: str, values: Tensor, *, nonnegative: bool, finite: bool)
         _check_number(name, values[bad][0].item(), nonnegative=nonnegative, finite=finite)
 
 
-def per_example(name: str, value, x: Tensor, *, nonnegative: bool, finite: bool):
-    """A float, or a tensor of shape [] or [B]. Returns (fp32 tensor [B] on x's device or
-    None, float)."""
+def _shape_text(x: Tensor) -> str:
+    return str(list(x.shape))
+
+
+def _aligned(value: Tensor, x: Tensor):
+    """value's shape aligned to x's dims from the right (numpy broadcasting), or None when
+    value has more dims than x."""
+    if value.dim() > x.dim():
+        return None
+    return [1] * (x.dim() - value.dim()) + list(value.shape)
+
+
+def _examples_channels(x: Tensor) -> str:
+    if x.dim() < 2:
+        return f"[{x.shape[0]}]"
+    return "[" + ", ".join([str(x.shape[0]), str(x.shape[1])] + ["1"] * (x.dim() - 2)) + "]"
+
+
+def ball_param(name: str, value, x: Tensor, *, nonnegative: bool, finite: bool):
+    """eps or alpha: a float, or a tensor of shape ``[]``, ``[B]`` (one per example) or any
+    shape that broadcasts against x (numpy rules, aligned from the right) and varies along
+    the batch dim (0) and the channel dim (1) only, e.g. ``[C, 1, 1]``, ``[1, C, 1, 1]`` or
+    ``[B, C, 1, 1]`` for ``[B, C, H, W]``. Returns (None, float) for a float, else an fp32
+    tensor on x's device: ``[B]`` where the values vary per example only, else the
+    broadcast shape ``[1 or B, C, 1, ...]`` (x.dim() dims, contiguous); and 0.0."""
     if not isinstance(value, Tensor):
         number = _number(name, value)
         _check_number(name, number, nonnegative=nonnegative, finite=finite)
         return None, number
-    key = ("per_example", name, nonnegative, finite, id(value))
+    key = ("ball_param", name, nonnegative, finite, id(value))
     hit = None if torch.compiler.is_compiling() else _cached(key, (value,), _context(x))
     if hit is not None:
         return hit
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
     batch = x.shape[0]
-    if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
-        raise ValueError(
-            f"{name} must be a float or a tensor of shape [B] = [{batch}] (one per example), "
-            f"got shape {list(value.shape)}"
-        )
+    rule = (f"{name} must be a float, a tensor [B] = [{batch}] (one per example) or a tensor "
+            f"that broadcasts against x {_shape_text(x)} along the batch and channel dims "
+            f"only (e.g. {_examples_channels(x)} or its per-channel form with 1 for B)")
+    if value.dim() == 1 and value.shape[0] in (batch, 1):
+        shape = [value.shape[0]] + [1] * (x.dim() - 1)
+    else:
+        shape = _aligned(value, x)
+        if value.dim() == 1 or shape is None or any(
+                size not in (1, x.shape[d]) for d, size in enumerate(shape)):
+            raise ValueError(f"{rule}; got shape {list(value.shape)}")
+        spatial = [d for d, size in enumerate(shape) if d >= 2 and size != 1]
+        if spatial:
+            raise ValueError(f"{rule}; got shape {list(value.shape)}, which varies along dim "
+                             f"{spatial[0]} of x: eps and alpha are constant over an example's "
+                             f"positions (use per-element lower/upper bounds for a box that "
+                             f"varies there)")
     if values_checkable(value):
         _check_values(name, value.detach(), nonnegative=nonnegative, finite=finite)
-    per = value.detach().to(device=x.device, dtype=torch.float32).expand(batch).contiguous()
-    _remember(key, (value,), _context(x), (per, 0.0))
-    return per, 0.0
+    values = value.detach().to(device=x.device, dtype=torch.float32).reshape(shape)
+    if x.dim() < 2 or shape[1] == 1:  # per example (or one value): the [B] table
+        per = values.reshape(-1).expand(batch).contiguous()
+    else:
+        per = values.contiguous()
+    result = (per, 0.0)
+    _remember(key, (value,), _context(x), result)
+    return result
 
 
-def per_channel(name: str, value, x: Tensor):
-    """A float, or a tensor that broadcasts against x along the channel dim (1) only, e.g.
-    shape [C, 1, 1] for [B, C, H, W] inputs. Returns (fp32 tensor [C] on x's device, [1]
-    when x has no channel dim, or None; float). A one-element tensor is expanded to [C], so
-    a per-channel bound and a tensor one always have the same length for the kernels."""
+def per_example(name: str, value, x: Tensor, *, nonnegative: bool, finite: bool):
+    """:func:`ball_param` restricted to a float or ``[B]``/``[]`` (l2's radius and step)."""
+    result = ball_param(name, value, x, nonnegative=nonnegative, finite=finite)
+    if result[0] is not None and result[0].dim() != 1:
+        raise ValueError(f"{name} must be a float or a tensor of shape [B] = [{x.shape[0]}] "
+                         f"(one per example) for norm='l2', got shape {list(value.shape)}")
+    return result
+
+
+def bound(name: str, value, x: Tensor):
+    """lower or upper: a float, or a tensor that broadcasts to x (numpy rules, aligned from
+    the right: ``[C, 1, 1]`` per channel, x's shape per element, or anything between).
+    Returns (None, float) for a float; else an fp32 tensor ``[C]`` (``[1]`` when x has no
+    channel dim) where it varies along the channel dim at most (the kernels' fast path), or
+    one shaped and laid out like x otherwise (per element); and 0.0."""
     if not isinstance(value, Tensor):
         number = _number(name, value)
         if math.isnan(number):
             raise ValueError(f"{name} must not be NaN")
         return None, number
-    key = ("per_channel", name, id(value))
-    hit = None if torch.compiler.is_compiling() else _cached(key, (value,), _context(x))
+    key = ("bound", name, id(value))
+    context = (x.device, tuple(x.shape), x.stride())
+    hit = None if torch.compiler.is_compiling() else _cached(key, (value,), context)
     if hit is not None:
         return hit
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-    shape = [1] * (x.dim() - value.dim()) + list(value.shape)
-    channel_only = value.dim() <= x.dim() and all(
-        size == 1 or (d == 1 and size == x.shape[1]) for d, size in enumerate(shape)
-    )
-    if not channel_only:
-        hint = [x.shape[1]] + [1] * (x.dim() - 2) if x.dim() >= 2 else []
+    shape = _aligned(value, x)
+    if shape is None or any(size not in (1, x.shape[d]) for d, size in enumerate(shape)):
+        hint = [x.shape[1]] + [1] * (x.dim() - 2) if x.dim() >= 2 else [x.shape[0]]
         raise ValueError(
-            f"{name} must be a float or a tensor broadcasting along the channel dim of "
-            f"x_adv {list(x.shape)} only (e.g. shape {hint}), got shape {list(value.shape)}"
-        )
+            f"{name} must be a float or a tensor that broadcasts to x {_shape_text(x)} "
+            f"(numpy rules, aligned from the right: e.g. {hint} per channel, "
+            f"{_shape_text(x)} per element), got shape {list(value.shape)}")
     if values_checkable(value) and torch.isnan(value).any():
         raise ValueError(f"{name} must not be NaN")
-    flat = value.detach().to(device=x.device, dtype=torch.float32).reshape(-1)
-    if flat.numel() == 1 and x.dim() >= 2:
-        flat = flat.expand(x.shape[1])
-    result = (flat.contiguous(), 0.0)
-    _remember(key, (value,), _context(x), result)
+    values = value.detach().to(device=x.device, dtype=torch.float32)
+    channel_only = all(size == 1 or d == 1 for d, size in enumerate(shape))
+    if channel_only:
+        flat = values.reshape(-1)
+        if flat.numel() == 1 and x.dim() >= 2:
+            flat = flat.expand(x.shape[1])
+        result = (flat.contiguous(), 0.0)
+    else:  # per element, in x's memory order so that the kernels walk it with x
+        full = torch.empty_like(x, dtype=torch.float32)  # x's strides where x is dense
+        result = (full.copy_(values.reshape(shape).expand(x.shape)), 0.0)
+    _remember(key, (value,), context, result)
     return result
 
 
-def ordered_bounds(lower, upper) -> None:
+def per_channel(name: str, value, x: Tensor):
+    """:func:`bound` restricted to a float or a per-channel tensor (l2's bounds)."""
+    result = bound(name, value, x)
+    if result[0] is not None and result[0].dim() != 1:
+        raise ValueError(f"{name} must be a float or a tensor broadcasting along the channel "
+                         f"dim of x {_shape_text(x)} only for norm='l2', got shape "
+                         f"{list(value.shape)}")
+    return result
+
+
+def ordered_bounds(lower, upper, x: Tensor) -> None:
     """lower <= upper everywhere (checked where the values are readable)."""
     lo_t, lo = lower
     hi_t, hi = upper
@@ -231,14 +300,174 @@ def ordered_bounds(lower, upper) -> None:
         key = ("ordered_bounds", id(lo_t), lo, id(hi_t), hi)
         if _cached(key, tensors, None) is not None:
             return
-        lo_v = lo_t if lo_t is not None else torch.tensor(lo)
-        hi_v = hi_t if hi_t is not None else torch.tensor(hi)
+        lo_v = _bound_view(lo_t, x) if lo_t is not None else torch.tensor(lo)
+        hi_v = _bound_view(hi_t, x) if hi_t is not None else torch.tensor(hi)
         if (lo_v.to(hi_v.device) > hi_v).any():
-            raise ValueError("lower must be <= upper in every channel")
+            where = "in every channel" if lo_v.dim() <= 1 and hi_v.dim() <= 1 else "everywhere"
+            raise ValueError(f"lower must be <= upper {where}")
         _remember(key, tensors, None, True)
+
+
+def _bound_view(t: Tensor, x: Tensor) -> Tensor:
+    """A normalised bound (a ``[C]`` table or x-shaped) as a view broadcasting against x."""
+    if t.dim() == 1 and x.dim() >= 2:
+        return t.view(1, -1, *([1] * (x.dim() - 2)))
+    return t
 
 
 def norm(value) -> str:
     if value not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {value!r}")
     return value
+
+
+# --------------------------------------------------------------------------- misuse
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED = _Required()  # the default of a keyword argument that must be given
+
+# Keywords other PGD code uses for fastadv's (torchattacks, advertorch, robustness,
+# ART and the research codebases), so that a near-miss gets the right name.
+_KEYWORD_ALIASES = {
+    "epsilon": "eps", "radius": "eps", "eps_ball": "eps",
+    "step_size": "alpha", "stepsize": "alpha", "eps_iter": "alpha", "eps_step": "alpha",
+    "step": "alpha", "lr": "alpha",
+    "clip_min": "lower", "clip_max": "upper", "min": "lower", "max": "upper",
+    "lower_limit": "lower", "upper_limit": "upper", "low": "lower", "high": "upper",
+    "min_value": "lower", "max_value": "upper", "data_min": "lower", "data_max": "upper",
+    "ord": "norm", "p": "norm", "constraint": "norm", "distance": "norm",
+    "rng": "generator", "seed": "generator",
+}
+_IMAGE_FORM = ("x_adv", "x_nat", "images", "adv_images", "x_natural")
+_DELTA_FORM = ("delta", "perturbation", "eta", "noise")
+
+
+def unknown_keywords(op: str, unknown: dict, accepted: tuple, delta_form: bool) -> None:
+    """A TypeError for keywords ``op`` does not take, with the keyword meant, or the op of
+    the other form (an image x_adv, or a perturbation delta)."""
+    name = next(iter(unknown))
+    target = _KEYWORD_ALIASES.get(name.lower())
+    if target in accepted:
+        hint = f"did you mean {target}=?"
+    elif not delta_form and name in _DELTA_FORM:
+        hint = (f"{op} steps an image x_adv around x_nat; a perturbation takes "
+                f"fastadv.pgd_delta_(delta, grad, x, ...) (random start: random_delta_)")
+    elif delta_form and name in _IMAGE_FORM:
+        hint = (f"{op} steps a perturbation delta of the inputs x; an image takes "
+                f"fastadv.pgd_(x_adv, grad, x_nat, ...) (random start: random_init_)")
+    else:
+        close = difflib.get_close_matches(name, accepted, n=1)
+        hint = f"did you mean {close[0]}=?" if close else f"it takes {', '.join(accepted)}"
+    raise TypeError(f"{op}() got an unexpected keyword argument {name!r}: {hint}")
+
+
+def required(op: str, **values) -> None:
+    for name, value in values.items():
+        if value is REQUIRED:
+            raise TypeError(f"{op}() missing the keyword argument {name}=")
+
+
+def order(op: str, value, orders: dict) -> int:
+    code = orders.get(value) if isinstance(value, str) else None
+    if code is None:
+        raise ValueError(f"{op}: order must be one of {', '.join(map(repr, orders))}, got "
+                         f"{value!r}")
+    return code
+
+
+def separate(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """t and ref do not share memory: a written tensor that is also the centre of the ball
+    would move the ball with every step (no projection at all)."""
+    if type(t) is not Tensor or type(ref) is not Tensor or torch.compiler.is_compiling():
+        return  # a tracer's tensors: no memory to compare
+    if t.device == ref.device and torch._C._overlaps(t, ref):
+        raise ValueError(f"{op}: {name} shares memory with {ref_name} (the clean inputs the "
+                         f"ball is centred on would move with every step); pass a copy, e.g. "
+                         f"{name}.clone()")
+
+
+# (data_ptr) -> (version, shape, dtype) of tensors a fused op wrote last: their next step
+# needs no start check (the op's own output lies in its box).
+_written: dict = {}
+
+
+def mark_written(t: Tensor) -> None:
+    if type(t) is not Tensor or torch.compiler.is_compiling():
+        return  # a tracer's tensor: nothing to remember
+    try:
+        entry = (t._version, t.shape, t.dtype)
+    except RuntimeError:  # an inference tensor has no version counter
+        entry = (None, t.shape, t.dtype)
+    if len(_written) >= _CACHE_SIZE:
+        _written.clear()
+    _written[t.data_ptr()] = entry
+
+
+def _last_written(t: Tensor) -> bool:
+    hit = _written.get(t.data_ptr())
+    if hit is None:
+        return False
+    try:
+        version = t._version
+    except RuntimeError:
+        version = None
+    return hit == (version, t.shape, t.dtype)
+
+
+def starts_in_box(op: str, written: Tensor, centre: Tensor, eps, lower, upper, *,
+                  delta: bool) -> None:
+    """Warns (FormWarning) when the tensor a step is about to write lies outside the box the
+    step keeps it in: ``[max(lower, x - eps), min(upper, x + eps)]`` for an image,
+    ``[max(-eps, lower - x), min(eps, upper - x)]`` for a perturbation. Checked where values
+    are readable, and not for a tensor the ops themselves wrote last."""
+    if torch.compiler.is_compiling() or type(written) is not Tensor or _last_written(written):
+        return  # traced, or the ops' own output (the common case: checked first, cheaply)
+    if not values_checkable(written, centre):
+        return
+    from . import reference
+    from .errors import FormWarning
+
+    dt = reference.compute_dtype(written)
+    e = reference.per_example(eps[0] if eps[0] is not None else eps[1], written, dt)
+    lo = reference.per_channel(lower[0] if lower[0] is not None else lower[1], written, dt)
+    hi = reference.per_channel(upper[0] if upper[0] is not None else upper[1], written, dt)
+    with torch.no_grad():
+        w, c = written.detach().to(dt), centre.detach().to(dt)
+        if delta:
+            low, high = reference.combined_bounds(torch.zeros_like(c), e, lo - c, hi - c)
+        else:
+            low, high = reference.combined_bounds(c, e, lo, hi)
+        slack = torch.finfo(written.dtype).eps * (1 + w.abs())  # the tensor's own rounding
+        below, above = (low - w - slack).clamp_min(0), (w - high - slack).clamp_min(0)
+        outside = (below > 0) | (above > 0)
+        count = int(outside.sum())
+    mark_written(written)  # warn once per state, not at every retry
+    if not count:
+        return
+    by = float(torch.maximum(below.max(), above.max()))
+    if delta:
+        what = ("delta lies outside [max(-eps, lower - x), min(eps, upper - x)]",
+                "If it holds an image x_adv, call fastadv.pgd_(x_adv, grad, x_nat, ...)")
+    else:
+        what = ("x_adv lies outside [max(lower, x_nat - eps), min(upper, x_nat + eps)]",
+                "If it holds a perturbation, call fastadv.pgd_delta_(delta, grad, x, ...); if "
+                "the inputs are normalised, pass lower/upper per channel")
+    warnings.warn(f"{op}: {what[0]} at {count} of {written.numel()} elements (by up to "
+                  f"{by:.3g}); the step projects it there, which is not a step from where it "
+                  f"was. {what[1]}; a random start belongs inside the box.", FormWarning,
+                  stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The stacklevel of warnings.warn, called here, that names the first caller outside
+    fastadv (the line of the user's code that called the op)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -142,11 +142,11 @@ def _table(op: str, name: str, t: Optional[Tensor], x: Tensor, length: int) -> N
 
 
 def _bounds(op: str, x: Tensor, lower: Optional[Tensor], upper: Optional[Tensor],
-            examples: int, example_size: int, channel_div: int) -> None:
+            examples: int, example_size: int, channel_div: int) -> int:
     _table(op, "lower", lower, x, -1)
     _table(op, "upper", upper, x, -1)
     if examples < 0:
-        return
+        return 1
     for name, t in (("lower", lower), ("upper", upper)):
         if t is not None and t.numel() < 1:
             raise ValueError(f"{op}: {name} must hold one value per channel, got none")
@@ -156,25 +156,96 @@ def _bounds(op: str, x: Tensor, lower: Optional[Tensor], upper: Optional[Tensor]
     name = "lower" if lower is not None else "upper" if upper is not None else None
     channels = lower.numel() if lower is not None else upper.numel() if upper is not None else 1
     period(op, example_size, channel_div, channels, name)
+    return channels
+
+
+# params.h Kind and Order.
+SCALAR, EXAMPLE, CHANNEL, EXAMPLE_CHANNEL, ELEMENT = range(5)
+CLAMP, IMAGE_VIA_DELTA, DELTA, DELTA_VIA_IMAGE = range(4)
+
+
+def legacy_kinds(*tables: Optional[Tensor], channel_from: int) -> list:
+    """The kinds an empty ``kinds`` stands for (checks.h ``legacy_kinds``): per example before
+    index ``channel_from``, per channel from it on."""
+    return [SCALAR if t is None else EXAMPLE if k < channel_from else CHANNEL
+            for k, t in enumerate(tables)]
+
+
+def kinded(op: str, x: Tensor, names: tuple, tables: tuple, kinds, order, examples: int,
+           example_size: int, channel_div: int) -> int:
+    """checks.h ``kinded``: the channel count of the walk."""
+    order = _integer(op, "order", order)
+    if not 0 <= order < 4:
+        raise ValueError(f"{op}: order must be 0, 1, 2 or 3, got {order}")
+    if len(kinds) != len(names):
+        raise ValueError(f"{op}: kinds must hold {len(names)} values (one per parameter) or "
+                         f"none, got {len(kinds)}")
+    channels, channel_table = -1, None
+    for name, t, kind in zip(names, tables, kinds):
+        kind = _integer(op, f"the kind of {name}", kind)
+        if not 0 <= kind < 5:
+            raise ValueError(f"{op}: the kind of {name} must be 0 to 4, got {kind}")
+        if (kind == SCALAR) != (t is None):
+            raise ValueError(f"{op}: {name} " + ("is a tensor but its kind is 0 (a scalar)"
+                                                  if t is not None else
+                                                  "has a tensor kind but no tensor"))
+        if t is None:
+            continue
+        if kind == ELEMENT:
+            _read_like(op, name, t, "x", x, same_dtype=False)
+            if t.dtype != torch.float32:
+                raise TypeError(f"{op}: {name} must be float32, got {_dtype_name(t.dtype)}")
+            continue
+        _table(op, name, t, x, -1)
+        if examples < 0:
+            continue
+        n = t.numel()
+        if kind == EXAMPLE:
+            if n != examples:
+                raise ValueError(f"{op}: {name} must have one value per example ({examples}), "
+                                 f"got {n}")
+            continue
+        count = n
+        if kind == EXAMPLE_CHANNEL:
+            if n < examples or n % examples:
+                raise ValueError(f"{op}: {name} must have one value per example and channel "
+                                 f"({examples} examples), got {n}")
+            count = n // examples
+        if count < 1:
+            raise ValueError(f"{op}: {name} must hold one value per channel, got none")
+        if channels >= 0 and count != channels:
+            raise ValueError(f"{op}: {name} has {count} channels but {channel_table} has "
+                             f"{channels}")
+        channels, channel_table = count, name
+    if examples < 0:
+        return 1
+    period(op, example_size, channel_div, max(channels, 1), channel_table)
+    return max(channels, 1)
 
 
 def step_args(op: str, x: Tensor, grad: Tensor, x_nat: Tensor, eps: Optional[Tensor],
               alpha: Optional[Tensor], lower: Optional[Tensor], upper: Optional[Tensor],
-              example_size: int, channel_div: int) -> None:
-    """``_linf_step_kernel_`` and ``_l2_step_kernel_`` (checks.h ``step_args``)."""
+              example_size: int, channel_div: int, kinds=(), order=0) -> int:
+    """``_linf_step_kernel_`` and ``_l2_step_kernel_`` (checks.h ``step_args``): the channel
+    count of the walk."""
     _written(op, "x", x)
     _read_like(op, "grad", grad, "x", x, same_dtype=False)
     _read_like(op, "x_nat", x_nat, "x", x, same_dtype=True)
     examples = walk(op, x, example_size, channel_div)
+    if len(kinds) or order != 0:
+        tables = (eps, alpha, lower, upper)
+        return kinded(op, x, ("eps", "alpha", "lower", "upper"), tables,
+                      kinds if len(kinds) else legacy_kinds(*tables, channel_from=2), order,
+                      examples, example_size, channel_div)
     _table(op, "eps", eps, x, examples)
     _table(op, "alpha", alpha, x, examples)
-    _bounds(op, x, lower, upper, examples, example_size, channel_div)
+    return _bounds(op, x, lower, upper, examples, example_size, channel_div)
 
 
 def random_init_args(op: str, x: Tensor, x_nat: Tensor, seed: Tensor, eps: Optional[Tensor],
                      lower: Optional[Tensor], upper: Optional[Tensor], example_size: int,
-                     channel_div: int) -> None:
-    """``_random_init_kernel_`` (checks.h ``random_init_args``)."""
+                     channel_div: int, kinds=(), order=0) -> int:
+    """``_random_init_kernel_`` (checks.h ``random_init_args``): the channel count."""
     _written(op, "x", x)
     _read_like(op, "x_nat", x_nat, "x", x, same_dtype=True)
     _same_device(op, "seed", seed, "x", x)
@@ -183,8 +254,13 @@ def random_init_args(op: str, x: Tensor, x_nat: Tensor, seed: Tensor, eps: Optio
     if seed.numel() < 1:
         raise ValueError(f"{op}: seed must hold one value, got an empty tensor")
     examples = walk(op, x, example_size, channel_div)
+    if len(kinds) or order != 0:
+        tables = (eps, lower, upper)
+        return kinded(op, x, ("eps", "lower", "upper"), tables,
+                      kinds if len(kinds) else legacy_kinds(*tables, channel_from=1), order,
+                      examples, example_size, channel_div)
     _table(op, "eps", eps, x, examples)
-    _bounds(op, x, lower, upper, examples, example_size, channel_div)
+    return _bounds(op, x, lower, upper, examples, example_size, channel_div)
 
 
 def keep_best_args(op: str, best_x: Tensor, best_loss: Tensor, x: Tensor, loss: Tensor,
@@ -214,11 +290,13 @@ def launcher_args(name: str, x: Tensor, args: tuple) -> None:
     launcher called as ``launch(x, *args)`` with the C++ kernel op's arguments."""
     op = f"fastadv::_{name}_kernel_"
     if name in ("linf_step", "l2_step"):
-        grad, x_nat, eps, _, alpha, _, lower, _, upper, _, example_size, channel_div = args
-        step_args(op, x, grad, x_nat, eps, alpha, lower, upper, example_size, channel_div)
+        grad, x_nat, eps, _, alpha, _, lower, _, upper, _, example_size, channel_div = args[:12]
+        step_args(op, x, grad, x_nat, eps, alpha, lower, upper, example_size, channel_div,
+                  *args[12:])
     elif name == "random_init":
-        x_nat, seed, eps, _, lower, _, upper, _, example_size, channel_div = args
-        random_init_args(op, x, x_nat, seed, eps, lower, upper, example_size, channel_div)
+        x_nat, seed, eps, _, lower, _, upper, _, example_size, channel_div = args[:10]
+        random_init_args(op, x, x_nat, seed, eps, lower, upper, example_size, channel_div,
+                         *args[10:])
     elif name == "keep_best":
         best_loss, other, loss, example_size = args
         keep_best_args(op, x, best_loss, other, loss, example_size)

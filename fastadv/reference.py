@@ -1,10 +1,14 @@
 """Reference PyTorch implementations of fastadv's ops: the specification every kernel is
 tested against, and the backend of last resort (``FASTADV_BACKEND=torch``).
 
-They take the op layer's normalised arguments: ``eps``/``alpha`` a float or an fp32 tensor
-``[B]`` (per example), ``lower``/``upper`` a float or an fp32 tensor ``[C]`` (per channel,
-dim 1). They return new tensors in the compute dtype (fp32; fp64 for fp64 inputs) and never
-write their inputs.
+They take the op layer's normalised arguments: ``eps``/``alpha`` a float, an fp32 tensor
+``[B]`` (per example) or one with x's number of dims that broadcasts against it;
+``lower``/``upper`` a float, an fp32 tensor ``[C]`` (per channel, dim 1) or one with x's
+number of dims that broadcasts against it. They return new tensors in the compute dtype
+(fp32; fp64 for fp64 inputs) and never write their inputs.
+
+``order`` is the rounding order of the l-inf update (the kernels' ``Order``, csrc/params.h):
+0 and 1 write an image, 2 and 3 a perturbation; see :func:`linf_step`.
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def per_example(value: Scalar, x: Tensor, dtype: torch.dtype) -> Scalar:
+    """eps or alpha as something that broadcasts against x: a ``[B]`` table per example."""
     if isinstance(value, Tensor):
+        if value.dim() == x.dim():
+            return value.to(dtype)
         return value.to(dtype).view(-1, *([1] * (x.dim() - 1)))
     return value
 
 
 def per_channel(value: Scalar, x: Tensor, dtype: torch.dtype) -> Scalar:
+    """lower or upper as something that broadcasts against x: a ``[C]`` table per channel."""
     if isinstance(value, Tensor):
+        if value.dim() == x.dim() and x.dim() != 1:
+            return value.to(dtype)
         if value.numel() == 1:
             return value.to(dtype).reshape(())
         return value.to(dtype).view(1, -1, *([1] * (x.dim() - 2)))
@@ -57,14 +67,28 @@ def clamp(v: Tensor, lo: Scalar, hi: Scalar) -> Tensor:
     return _minimum(_maximum(v, lo), hi)
 
 
-def linf_step(x_adv, grad, x_nat, eps, alpha, lower, upper) -> Tensor:
-    """``clamp(x_adv + alpha*sign(grad), max(lower, x_nat - eps), min(upper, x_nat + eps))``."""
+def linf_step(x_adv, grad, x_nat, eps, alpha, lower, upper, order: int = 0) -> Tensor:
+    """The l-inf step with ``v = x_adv + alpha*sign(grad)``, in rounding order ``order``:
+
+    - 0: ``clamp(v, max(lower, x_nat - eps), min(upper, x_nat + eps))`` (x_adv an image);
+    - 1: ``clamp(x_nat + clamp(v - x_nat, -eps, eps), lower, upper)`` (an image);
+    - 2: ``clamp(clamp(v, -eps, eps), lower - x_nat, upper - x_nat)`` (x_adv a perturbation);
+    - 3: ``clamp(x_nat + clamp(v, -eps, eps), lower, upper) - x_nat`` (a perturbation).
+    """
     dt = compute_dtype(x_adv)
     eps, alpha = per_example(eps, x_adv, dt), per_example(alpha, x_adv, dt)
     lower, upper = per_channel(lower, x_adv, dt), per_channel(upper, x_adv, dt)
     x_nat = x_nat.to(dt)
     v = x_adv.to(dt) + alpha * sign_or_zero(grad, dt)
-    return clamp(v, *combined_bounds(x_nat, eps, lower, upper))
+    if order == 0:
+        return clamp(v, *combined_bounds(x_nat, eps, lower, upper))
+    if order == 1:
+        return clamp(x_nat + clamp(v - x_nat, -eps, eps), lower, upper)
+    if order == 2:
+        return clamp(clamp(v, -eps, eps), lower - x_nat, upper - x_nat)
+    if order == 3:
+        return clamp(x_nat + clamp(v, -eps, eps), lower, upper) - x_nat
+    raise ValueError(f"order must be 0, 1, 2 or 3, got {order!r}")
 
 
 def _example_norm(t: Tensor) -> Tensor:
@@ -131,17 +155,29 @@ def uniform_minus_one_one(bits: Tensor) -> Tensor:
     return (bits >> 8).to(torch.float32) * 2.0**-24 * 2.0 - 1.0
 
 
-def random_init(x_adv, x_nat, seed, eps, lower, upper) -> Tensor:
-    """``clamp(x_nat + eps*U(-1, 1), max(lower, x_nat - eps), min(upper, x_nat + eps))`` with
+def random_init(x_adv, x_nat, seed, eps, lower, upper, order: int = 0) -> Tensor:
+    """The random start of the step of the same ``order``, from ``n = eps*U(-1, 1)`` with
     U drawn from Philox keyed by ``seed`` (int64 ``[1]``) at each element's position in the
-    kernels' walk order, so every backend draws the same numbers."""
+    kernels' walk order, so every backend draws the same numbers:
+
+    - 0 and 1: ``clamp(x_nat + n, max(lower, x_nat - eps), min(upper, x_nat + eps))``;
+    - 2: ``clamp(n, lower - x_nat, upper - x_nat)`` (a perturbation);
+    - 3: ``clamp(x_nat + n, lower, upper) - x_nat`` (a perturbation).
+    """
     dt = compute_dtype(x_adv)
     eps = per_example(eps, x_adv, dt)
     lower, upper = per_channel(lower, x_adv, dt), per_channel(upper, x_adv, dt)
     x_nat = x_nat.to(dt)
     counter = memory_order_index(x_adv)
     noise = uniform_minus_one_one(philox_first_word(seed.to(x_adv.device).view(()), counter))
-    return clamp(x_nat + eps * noise.to(dt), *combined_bounds(x_nat, eps, lower, upper))
+    n = eps * noise.to(dt)
+    if order in (0, 1):
+        return clamp(x_nat + n, *combined_bounds(x_nat, eps, lower, upper))
+    if order == 2:
+        return clamp(n, lower - x_nat, upper - x_nat)
+    if order == 3:
+        return clamp(x_nat + n, lower, upper) - x_nat
+    raise ValueError(f"order must be 0, 1, 2 or 3, got {order!r}")
 
 
 def keep_best(best_x, best_loss, x, loss) -> tuple[Tensor, Tensor]:

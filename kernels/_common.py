@@ -4,14 +4,22 @@ NaN-propagating one-clamp projection."""
 import triton
 import triton.language as tl
 
+from ._split import shifted
+
 # Per-element quotients are taken in fp32 (`_small_floor_div`), exact only for dividends
 # below 2 * MAX_BLOCK and divisors up to MAX_BLOCK (tests/test_triton_kernels.py checks
 # every such pair).
 MAX_BLOCK = 2048
 
-# Pointers to per-example/per-channel parameters (or a dummy): only gathered from, so their
-# alignment would only multiply the compiled variants.
+# Pointers to the parameters (a table, an ELEMENT tensor or a dummy). Tables are only
+# gathered from, so their alignment would only multiply the compiled variants; ELEMENT
+# tensors are streamed like x, but for the same reason in 32-bit (still coalesced) loads.
 PARAMETER_POINTERS = ["eps_ptr", "alpha_ptr", "lower_ptr", "upper_ptr"]
+
+# How a parameter of the l-inf step and the random start is indexed at flat element i of the
+# walk (the kernel ops' `kinds`, csrc/params.h's Kind): a value; t[example]; t[channel];
+# t[example * channels + channel]; t[i], a tensor laid out like x.
+SCALAR, EXAMPLE, CHANNEL, EXAMPLE_CHANNEL, ELEMENT = range(5)
 
 
 @triton.jit
@@ -71,14 +79,25 @@ def channel_index(g0, lanes, channel_div, channels, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def per_example(values_ptr, value, g0, lanes, mask, example_size,
-                VARIES: tl.constexpr, BLOCK: tl.constexpr):
-    """per_index for flat elements g0 + lanes, indexed by their example."""
-    if VARIES:
-        example = example_index(g0, lanes, example_size, BLOCK)
-        result = tl.load(values_ptr + example, mask=mask, other=0.0)
-    else:
+def parameter(ptr, value, start, lanes, mask, g0, example_size, channel_div, channels,
+              KIND: tl.constexpr, BLOCK: tl.constexpr):
+    """The value of a parameter of kind KIND (SCALAR..ELEMENT above: 0..4) at flat elements
+    g0 + lanes, which lie at start + lanes from x_ptr. Only the indices its kind needs are
+    computed (the compiler merges those several parameters share); an ELEMENT tensor is
+    read at x's offsets, so the launcher shifts it with x."""
+    if KIND == 0:  # SCALAR
         result = value
+    elif KIND == 4:  # ELEMENT
+        result = tl.load(ptr + start + lanes, mask=mask).to(tl.float32)
+    else:
+        if KIND == 1:  # EXAMPLE
+            index = example_index(g0, lanes, example_size, BLOCK)
+        elif KIND == 2:  # CHANNEL
+            index = channel_index(g0, lanes, channel_div, channels, BLOCK)
+        else:  # EXAMPLE_CHANNEL
+            index = (example_index(g0, lanes, example_size, BLOCK) * channels
+                     + channel_index(g0, lanes, channel_div, channels, BLOCK))
+        result = tl.load(ptr + index, mask=mask, other=0.0)
     return result
 
 
@@ -124,7 +143,40 @@ def dummy_if_none(t, fallback):
 
 
 def channels_of(lower, upper):
+    """The channel count of the l2 step's per-channel bounds (1 without any)."""
     for t in (lower, upper):
         if t is not None:
             return t.numel()
     return 1
+
+
+def kinds_of(kinds, tensors, legacy):
+    """The kind of each parameter: `kinds` when given, else the old rule (kinds=[]): kind
+    `legacy` where a tensor is given, SCALAR where not."""
+    if len(kinds) == 0:
+        return tuple(SCALAR if t is None else k for t, k in zip(tensors, legacy))
+    return tuple(int(k) for k in kinds)
+
+
+def channels_for(numel, example_size, tensors, kinds):
+    """`channels` of a launch: a CHANNEL table's length, or an EXAMPLE_CHANNEL table's
+    length over the examples (the checks make them agree), else 1."""
+    for t, kind in zip(tensors, kinds):
+        if kind == CHANNEL:
+            return t.numel()
+        if kind == EXAMPLE_CHANNEL:
+            return t.numel() // (numel // example_size)
+    return 1
+
+
+def element_tensors(tensors, kinds):
+    """The ELEMENT-kind tensors: walked like x, so they take part in the aligned split."""
+    return tuple(t for t, kind in zip(tensors, kinds) if kind == ELEMENT)
+
+
+def parameter_pointer(t, kind, head, dummy):
+    """What the kernel gets for a parameter: `dummy` for a SCALAR (Triton needs a pointer),
+    an ELEMENT tensor from the split's head on like x, a table as it is."""
+    if kind == SCALAR:
+        return dummy
+    return shifted(t, head) if kind == ELEMENT else t

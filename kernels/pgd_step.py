@@ -3,8 +3,9 @@
 import triton
 import triton.language as tl
 
-from ._common import (PARAMETER_POINTERS, channels_of, clamp_nan, combined_bounds,
-                      dummy_if_none, per_channel, per_example, per_index)
+from ._common import (CHANNEL, EXAMPLE, PARAMETER_POINTERS, channels_for, channels_of,
+                      clamp_nan, combined_bounds, dummy_if_none, element_tensors, kinds_of,
+                      parameter, parameter_pointer, per_channel, per_index)
 from ._split import EDGE, aligned_split, programs, shifted
 from ._traceable import launchable
 
@@ -16,13 +17,32 @@ L2_SMALL_BLOCK = 128
 
 
 @triton.jit
+def _linf_update(v0, g, xn, e, a, lo, hi, ORDER: tl.constexpr):
+    """The step's update in rounding order ORDER (csrc/params.h's linf_update), in fp32:
+    v0 is x (orders 0, 1) or the perturbation delta (2, 3). a*s is exact (+-a or +-0), so
+    v0 + a*s is one rounding even where the compiler contracts it into an FMA."""
+    s = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # sign(NaN) = 0
+    v = v0 + a * s
+    if ORDER == 0:  # CLAMP: ball and range as one pair of bounds
+        ball_lo, ball_hi = combined_bounds(xn, e, lo, hi)
+        out = clamp_nan(v, ball_lo, ball_hi)
+    elif ORDER == 1:  # IMAGE_VIA_DELTA: the delta into the ball, then the image into range
+        out = clamp_nan(xn + clamp_nan(v - xn, -e, e), lo, hi)
+    elif ORDER == 2:  # DELTA: the delta into the ball, then into the range shifted by x_nat
+        out = clamp_nan(clamp_nan(v, -e, e), lo - xn, hi - xn)
+    else:  # DELTA_VIA_IMAGE: the delta into the ball, the image into range, back to a delta
+        out = clamp_nan(xn + clamp_nan(v, -e, e), lo, hi) - xn
+    return out
+
+
+@triton.jit
 def _linf_block(
     x_ptr, grad_ptr, x_nat_ptr, start, lanes, count, g0,
     eps_ptr, eps_value, alpha_ptr, alpha_value,
     lower_ptr, lower_value, upper_ptr, upper_value,
     example_size, channel_div, channels,
-    PER_EXAMPLE_EPS: tl.constexpr, PER_EXAMPLE_ALPHA: tl.constexpr,
-    PER_CHANNEL_LOWER: tl.constexpr, PER_CHANNEL_UPPER: tl.constexpr, BLOCK: tl.constexpr,
+    EPS_KIND: tl.constexpr, ALPHA_KIND: tl.constexpr, LOWER_KIND: tl.constexpr,
+    UPPER_KIND: tl.constexpr, ORDER: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """The step on `count` elements at x_ptr + start + lanes, flat elements g0 + lanes."""
     mask = lanes < count
@@ -30,17 +50,15 @@ def _linf_block(
     x = tl.load(x_ptr + start + lanes, mask=mask).to(tl.float32)
     g = tl.load(grad_ptr + start + lanes, mask=mask).to(tl.float32)
     x_nat = tl.load(x_nat_ptr + start + lanes, mask=mask).to(tl.float32)
-    eps = per_example(eps_ptr, eps_value, g0, lanes, mask, example_size, PER_EXAMPLE_EPS, BLOCK)
-    alpha = per_example(alpha_ptr, alpha_value, g0, lanes, mask, example_size,
-                        PER_EXAMPLE_ALPHA, BLOCK)
-    lower = per_channel(lower_ptr, lower_value, g0, lanes, mask, channel_div, channels,
-                        PER_CHANNEL_LOWER, BLOCK)
-    upper = per_channel(upper_ptr, upper_value, g0, lanes, mask, channel_div, channels,
-                        PER_CHANNEL_UPPER, BLOCK)
-
-    step = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # sign(NaN) = 0
-    lo, hi = combined_bounds(x_nat, eps, lower, upper)
-    out = clamp_nan(x + alpha * step, lo, hi)
+    eps = parameter(eps_ptr, eps_value, start, lanes, mask, g0, example_size, channel_div,
+                    channels, EPS_KIND, BLOCK)
+    alpha = parameter(alpha_ptr, alpha_value, start, lanes, mask, g0, example_size,
+                      channel_div, channels, ALPHA_KIND, BLOCK)
+    lower = parameter(lower_ptr, lower_value, start, lanes, mask, g0, example_size,
+                      channel_div, channels, LOWER_KIND, BLOCK)
+    upper = parameter(upper_ptr, upper_value, start, lanes, mask, g0, example_size,
+                      channel_div, channels, UPPER_KIND, BLOCK)
+    out = _linf_update(x, g, x_nat, eps, alpha, lower, upper, ORDER)
     tl.store(x_ptr + start + lanes, out.to(x_ptr.dtype.element_ty), mask=mask)
 
 
@@ -52,9 +70,8 @@ def _linf_step_kernel(
     eps_ptr, eps_value, alpha_ptr, alpha_value,
     lower_ptr, lower_value, upper_ptr, upper_value,
     body_numel, head, tail, tail_start, example_size, channel_div, channels,
-    PER_EXAMPLE_EPS: tl.constexpr, PER_EXAMPLE_ALPHA: tl.constexpr,
-    PER_CHANNEL_LOWER: tl.constexpr, PER_CHANNEL_UPPER: tl.constexpr,
-    BLOCK: tl.constexpr, EDGE: tl.constexpr,
+    EPS_KIND: tl.constexpr, ALPHA_KIND: tl.constexpr, LOWER_KIND: tl.constexpr,
+    UPPER_KIND: tl.constexpr, ORDER: tl.constexpr, BLOCK: tl.constexpr, EDGE: tl.constexpr,
 ):
     # Pointers start at the aligned body (kernels/_split.py); the last program does the
     # head before it and the tail after it.
@@ -66,39 +83,41 @@ def _linf_step_kernel(
                     tl.minimum(body_numel - start, BLOCK).to(tl.int32), head + start,
                     eps_ptr, eps_value, alpha_ptr, alpha_value,
                     lower_ptr, lower_value, upper_ptr, upper_value,
-                    example_size, channel_div, channels, PER_EXAMPLE_EPS, PER_EXAMPLE_ALPHA,
-                    PER_CHANNEL_LOWER, PER_CHANNEL_UPPER, BLOCK)
+                    example_size, channel_div, channels,
+                    EPS_KIND, ALPHA_KIND, LOWER_KIND, UPPER_KIND, ORDER, BLOCK)
     else:
         _linf_block(x_ptr, grad_ptr, x_nat_ptr, -head, tl.arange(0, EDGE), head, 0,
                     eps_ptr, eps_value, alpha_ptr, alpha_value,
                     lower_ptr, lower_value, upper_ptr, upper_value,
-                    example_size, channel_div, channels, PER_EXAMPLE_EPS, PER_EXAMPLE_ALPHA,
-                    PER_CHANNEL_LOWER, PER_CHANNEL_UPPER, BLOCK)
+                    example_size, channel_div, channels,
+                    EPS_KIND, ALPHA_KIND, LOWER_KIND, UPPER_KIND, ORDER, BLOCK)
         _linf_block(x_ptr, grad_ptr, x_nat_ptr, body_numel, tl.arange(0, EDGE), tail,
                     tail_start,
                     eps_ptr, eps_value, alpha_ptr, alpha_value,
                     lower_ptr, lower_value, upper_ptr, upper_value,
-                    example_size, channel_div, channels, PER_EXAMPLE_EPS, PER_EXAMPLE_ALPHA,
-                    PER_CHANNEL_LOWER, PER_CHANNEL_UPPER, BLOCK)
+                    example_size, channel_div, channels,
+                    EPS_KIND, ALPHA_KIND, LOWER_KIND, UPPER_KIND, ORDER, BLOCK)
 
 
 # Unused parameter pointers point at x_nat (x's dtype, never written), not at x: a tracer
 # that cannot analyse the kernel assumes every pointer written, and x must stay one of a kind.
 def linf_step(x, grad, x_nat, eps, eps_value, alpha, alpha_value, lower, lower_value,
-              upper, upper_value, example_size, channel_div):
+              upper, upper_value, example_size, channel_div, kinds=(), order=0):
     numel = x.numel()
     if numel == 0:
         return
-    split = aligned_split(numel, (x, grad, x_nat))
+    params = (eps, alpha, lower, upper)
+    kinds = kinds_of(kinds, params, (EXAMPLE, EXAMPLE, CHANNEL, CHANNEL))
+    split = aligned_split(numel, (x, grad, x_nat) + element_tensors(params, kinds))
+    eps, alpha, lower, upper = (parameter_pointer(t, kind, split.head, x_nat)
+                                for t, kind in zip(params, kinds))
     launchable(_linf_step_kernel, x)[(programs(split, LINF_BLOCK),)](
         shifted(x, split.head), shifted(grad, split.head), shifted(x_nat, split.head),
-        dummy_if_none(eps, x_nat), eps_value, dummy_if_none(alpha, x_nat), alpha_value,
-        dummy_if_none(lower, x_nat), lower_value, dummy_if_none(upper, x_nat), upper_value,
+        eps, eps_value, alpha, alpha_value, lower, lower_value, upper, upper_value,
         split.body, split.head, split.tail, split.head + split.body,
-        example_size, channel_div, channels_of(lower, upper),
-        PER_EXAMPLE_EPS=eps is not None, PER_EXAMPLE_ALPHA=alpha is not None,
-        PER_CHANNEL_LOWER=lower is not None, PER_CHANNEL_UPPER=upper is not None,
-        BLOCK=LINF_BLOCK, EDGE=EDGE,
+        example_size, channel_div, channels_for(numel, example_size, params, kinds),
+        EPS_KIND=kinds[0], ALPHA_KIND=kinds[1], LOWER_KIND=kinds[2], UPPER_KIND=kinds[3],
+        ORDER=int(order), BLOCK=LINF_BLOCK, EDGE=EDGE,
     )
 
 

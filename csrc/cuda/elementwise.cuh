@@ -1,12 +1,13 @@
 // Device helpers shared by fastadv's CUDA kernels: 16-byte packs, the split of a flat range
 // into an aligned vector body plus a scalar remainder, cursors over the per-example and
-// per-channel parameters, the dtype dispatch and the launch sizes.
+// per-channel parameters (and over any Kind), the dtype dispatch and the launch sizes.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <type_traits>
 #include "../params.h"
@@ -166,6 +167,126 @@ __device__ __forceinline__ IndexCursor<sizeof...(P)> per_channel(const Layout& L
   }
   c.load();
   return c;
+}
+
+// The loop a kernel of the l-inf step or the random start runs, picked on the host from the
+// parameters' kinds (params.h Kind) by walk_path and compiled as a template parameter.
+enum WalkPath : int {
+  kAllScalar = 0,  // every parameter a scalar: no index math at all
+  kRuns = 1,       // eps/alpha per example, the bounds per channel (at most): IndexCursor
+  kGeneral = 2,    // any kinds: WalkIndices and Param::at
+};
+
+// `per_example`: the parameters of the ball (eps, alpha); `per_channel`: the bounds.
+inline int walk_path(std::initializer_list<Param> per_example,
+                     std::initializer_list<Param> per_channel) {
+  bool scalar = true, runs = true;
+  for (const Param& p : per_example) {
+    scalar = scalar && !p.varies();
+    runs = runs && p.per_example_only();
+  }
+  for (const Param& p : per_channel) {
+    scalar = scalar && !p.varies();
+    runs = runs && p.per_channel_only();
+  }
+  return scalar ? kAllScalar : runs ? kRuns : kGeneral;
+}
+
+// Calls f(std::integral_constant<int, order>, std::integral_constant<int, path>). Order 0
+// (kClamp, the op as it always was) keeps all three loops; the other orders have the
+// all-scalar loop and the general one, which also serves their kRuns cases: 2 loops instead
+// of 3 for three of the four orders (fewer kernels to compile and ship).
+template <typename F>
+inline void dispatch_order_path(int64_t order, int path, F&& f) {
+  dispatch_order(order, [&](auto order_constant) {
+    constexpr int kOrder = decltype(order_constant)::value;
+    if (path == kAllScalar) return f(order_constant, std::integral_constant<int, kAllScalar>{});
+    if constexpr (kOrder == kClamp) {
+      if (path == kRuns) return f(order_constant, std::integral_constant<int, kRuns>{});
+    }
+    return f(order_constant, std::integral_constant<int, kGeneral>{});
+  });
+}
+
+// A Param as the IndexCursor's PerIndex (kRuns: a table indexed by example or by channel).
+FASTADV_HD PerIndex per_index_of(const Param& p) { return {p.values, p.value}; }
+
+FASTADV_HD bool needs_example(const Param& p) {
+  return p.kind == kExample || p.kind == kExampleChannel;
+}
+FASTADV_HD bool needs_channel(const Param& p) {
+  return p.kind == kChannel || p.kind == kExampleChannel;
+}
+
+// The example and the channel of the N elements from i on, for Param::at (any kind): one
+// division for each index that some parameter needs (none for the others), none per element
+// (as IndexCursor), and computed once for all the parameters of the pack.
+template <int N>
+struct WalkIndices {
+  int64_t i, channels;
+  int64_t example[N], channel[N];
+};
+
+template <int N, typename... P>
+__device__ __forceinline__ WalkIndices<N> walk_indices(const Layout& L, int64_t i,
+                                                       const P&... params) {
+  WalkIndices<N> w;
+  w.i = i;
+  w.channels = L.channels;
+  if ((needs_example(params) || ...)) {
+    int64_t example = L.example(i), offset = i - example * L.example_size;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      w.example[j] = example;
+      if (++offset == L.example_size) {
+        offset = 0;
+        ++example;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) w.example[j] = 0;
+  }
+  if ((needs_channel(params) || ...)) {
+    const int64_t q = i / L.channel_div;
+    int64_t channel = q % L.channels, offset = i - q * L.channel_div;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      w.channel[j] = channel;
+      if (++offset == L.channel_div) {
+        offset = 0;
+        if (++channel == L.channels) channel = 0;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) w.channel[j] = 0;
+  }
+  return w;
+}
+
+// p's values at the N elements of w. The kind is branched on once per parameter and pack, not
+// per element: Param::at's switch for each element and parameter of the unrolled loop let
+// the compiler specialise the loop for every combination of the kinds (a 48,000-instruction
+// kernel). kElement reads its tensor at x's flat offset, in 16-byte packs when aligned.
+template <int N>
+__device__ __forceinline__ void walk_values(const Param& p, const WalkIndices<N>& w,
+                                            float (&out)[N]) {
+  if (p.kind == kScalar) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = p.value;
+  } else if (p.kind == kElement) {
+    const float* v = p.values + w.i;
+    if (pack_aligned<N>(v)) {
+      load_float<N>(v, out);
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; ++j) out[j] = v[j];
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = p.at(w.example[j], w.channel[j], w.channels, w.i + j);
+  }
 }
 
 __device__ __forceinline__ int64_t global_thread() {

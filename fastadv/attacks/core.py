@@ -165,7 +165,7 @@ def check_inputs(model, x, y, eps, alpha, steps, restarts, norm, loss, targeted,
 def _channel_shaped(bound, x: Tensor):
     """A flat [C] bound as [C, 1, ...]: the ops, called again every step, check it against x
     (a flat [C] would otherwise read as x's last dimension)."""
-    if bound is None or x.dim() < 3:
+    if bound is None or x.dim() < 3 or bound.dim() != 1:
         return bound
     return bound.view(-1, *[1] * (x.dim() - 2))
 

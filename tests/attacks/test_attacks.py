@@ -220,7 +220,7 @@ def test_per_example_eps(digits):
     (dict(y=torch.full((360,), 10)), ValueError, "labels y must lie in [0, 10)"),
     (dict(y=torch.zeros(5, dtype=torch.long)), ValueError, "y must have shape [B] = [360]"),
     (dict(y=torch.zeros(360)), TypeError, "y must be an integer tensor"),
-    (dict(eps=torch.full((7,), 0.1)), ValueError, "eps must be a float or a tensor of shape [B]"),
+    (dict(eps=torch.full((7,), 0.1)), ValueError, "eps must be a float, a tensor [B]"),
     (dict(eps=-0.1), ValueError, "eps must be >= 0"),
     (dict(steps=-1), ValueError, "steps must be an int >= 0"),
     (dict(restarts=0), ValueError, "restarts must be an int >= 1"),

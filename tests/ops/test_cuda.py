@@ -106,3 +106,34 @@ def test_triton_launches_on_the_tensors_device():
     with torch.cuda.device(0):
         fastadv.pgd_(x_adv, grad, x_nat, eps=0.03, alpha=0.01)
     assert torch.equal(x_adv, expected)
+
+
+def test_delta_loop_in_a_cuda_graph(device_backend):
+    """The perturbation form with per-channel eps, captured and replayed: each replay a new
+    start, every delta in its box."""
+    device, _ = device_backend
+    if device.type != "cuda":
+        pytest.skip("CUDA backends only")
+    x = torch.rand(8, 3, 16, 16, device=device)
+    w = torch.randn(3, 16, 16, device=device)
+    eps = torch.tensor([0.02, 0.03, 0.04], device=device).view(3, 1, 1)
+    delta = torch.empty_like(x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up outside the capture
+        fastadv.random_delta_(delta, x, eps=eps)
+        fastadv.pgd_delta_(delta, torch.cos((x + delta) * w), x, eps=eps, alpha=eps / 4)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fastadv.random_delta_(delta, x, eps=eps)
+        for _ in range(3):
+            fastadv.pgd_delta_(delta, torch.cos((x + delta) * w), x, eps=eps, alpha=eps / 4)
+    starts = []
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        starts.append(delta.clone())
+    assert not torch.equal(starts[0], starts[1])
+    assert (starts[1].abs() <= eps).all() and ((x + starts[1]) >= 0).all()
+    assert ((x + starts[1]) <= 1).all()

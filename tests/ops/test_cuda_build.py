@@ -66,5 +66,6 @@ def test_random_init_compiles_without_spills_for_sm90():
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "random_init_kernel<float, 4, true>" in out.stdout
+    assert "random_init_kernel<float, 4, 0, 1>" in out.stdout  # order 0, per-index runs
+    assert "random_init_kernel<float, 4, 2, 2>" in out.stdout  # the perturbation form
     assert "cuda_build_check: ok" in out.stdout

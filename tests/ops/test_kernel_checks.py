@@ -271,17 +271,17 @@ def test_random_init_op_refuses_seed_on_another_device():
     assert torch.equal(x, before)
 
 
-@pytest.mark.parametrize("which", ["grad", "x_nat", "eps_per_example"])
+@pytest.mark.parametrize("which", ["grad", "x_nat", "eps_t"])
 def test_pgd_op_refuses_tensors_on_another_device(which):
     from fastadv import ops
 
     x = torch.rand(2, 3, 4, 4)
     before = x.clone()
     args = {"grad": torch.randn_like(x), "x_nat": x.clone(),
-            "eps_per_example": torch.full((2,), 0.1)}
+            "eps_t": torch.full((2,), 0.1)}
     args[which] = args[which].to("meta")
     with pytest.raises(ValueError, match=f"pgd_: {which} is on meta"):
-        ops._pgd_op(x, args["grad"], args["x_nat"], args["eps_per_example"], 0.0, None, 0.01,
+        ops._pgd_op(x, args["grad"], args["x_nat"], args["eps_t"], 0.0, None, 0.01,
                     None, 0.0, None, 1.0, "linf")
     assert torch.equal(x, before)
 
@@ -336,3 +336,89 @@ def test_keep_best_op_refuses_loss_on_another_device():
     with pytest.raises(ValueError, match="keep_best_: loss is on meta"):
         ops._keep_best_op(best_x, best_loss, x, torch.ones(2, device="meta"))
     assert not best_x.any() and not best_loss.any()
+
+
+x4 = torch.rand(2, 3, 4, 5)
+KIND_CASES = [  # (changes to step_args incl. kinds and order, error, words)
+    (dict(kinds=[1, 0, 2]), ValueError, ["kinds must hold 4 values"]),
+    (dict(kinds=[1, 0, 2, 7]), ValueError, ["the kind of upper must be 0 to 4, got 7"]),
+    (dict(kinds=[1, 1, 2, 0]), ValueError, ["alpha has a tensor kind but no tensor"]),
+    (dict(kinds=[0, 0, 2, 0]), ValueError, ["eps is a tensor but its kind is 0"]),
+    (dict(eps=torch.full((3,), 0.1), kinds=[3, 0, 2, 0]), ValueError,
+     ["eps must have one value per example and channel (2 examples), got 3"]),
+    (dict(kinds=[3, 0, 2, 0]), ValueError, ["lower has 3 channels but eps has 1"]),
+    (dict(eps=torch.full((8,), 0.1), kinds=[3, 0, 2, 0]), ValueError,
+     ["lower has 3 channels but eps has 4"]),
+    (dict(eps=torch.full((6,), 0.1), kinds=[3, 0, 2, 0], channel_div=7), ValueError,
+     ["channel_div (7) * channels (3", "must divide example_size (60)"]),
+    (dict(lower=torch.zeros(2, 3, 4, 5).transpose(2, 3).contiguous().transpose(2, 3)[..., :5],
+          kinds=[1, 0, 4, 0]), ValueError, ["lower has strides"]),
+    (dict(lower=torch.zeros(2, 3, 4, 5, dtype=torch.float16), kinds=[1, 0, 4, 0]), TypeError,
+     ["lower must be float32"]),
+    (dict(lower=torch.zeros(2, 3, 4, 4), kinds=[1, 0, 4, 0]), ValueError, ["lower has shape"]),
+    (dict(kinds=[1, 0, 2, 0], order=4), ValueError, ["order must be 0, 1, 2 or 3, got 4"]),
+    (dict(order=-1), ValueError, ["order must be 0, 1, 2 or 3, got -1"]),
+]
+
+
+@pytest.mark.parametrize("change, error, words", KIND_CASES)
+def test_kinds_and_order_checked_alike_in_cpp_and_python(change, error, words):
+    """The kernel ops' `kinds` and `order` (csrc/checks.h `kinded`): each table sized for its
+    kind, the channel counts agreeing, an element table laid out like x; the C++ op and the
+    Triton launchers' checks raise the same error, x unchanged."""
+    from fastadv import _kernel_checks
+
+    args = step_args(**{"kinds": [], "order": 0, **change})
+    assert_refused(OPS._linf_step_kernel_, args, error, *words)
+    values = list(args.values())
+    with pytest.raises(error) as python:
+        _kernel_checks.launcher_args("linf_step", values[0], tuple(values[1:]))
+    with pytest.raises(error) as cpp:
+        OPS._linf_step_kernel_(*values)
+    assert str(python.value) == str(cpp.value)
+
+
+@pytest.mark.parametrize("shape, memory_format", [
+    ((2, 3, 4, 5), torch.contiguous_format),  # channel runs of 20: the CPU's table walk
+    ((2, 3, 16, 17), torch.contiguous_format),  # runs of 272: the CPU's channel segments
+    ((2, 3, 16, 17), torch.channels_last),  # runs of 1: the repeated channel pattern
+    ((2, 3, 70, 70), torch.contiguous_format),  # a period beyond the CPU's pattern tables
+])
+@pytest.mark.parametrize("kinds", [[3, 2, 4, 1], [3, 2, 2, 0], [2, 1, 0, 2], [1, 3, 0, 0]])
+def test_every_kind_accepted_and_computed(shape, memory_format, kinds):
+    """Valid tables of every kind, on the CPU kernel's every walk: the reference's numbers,
+    for the step in each order and the random start."""
+    from fastadv import reference
+    from fastadv._layout import flat_layout
+
+    gen = torch.Generator().manual_seed(1)
+    batch, channels = shape[:2]
+    x_nat = torch.rand(shape, generator=gen).contiguous(memory_format=memory_format)
+    x = (x_nat + 0.05 * torch.randn(shape, generator=gen)).clamp(0, 1)
+    grad = torch.randn(shape, generator=gen).contiguous(memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format)
+    forms = {1: (batch, 1, 1, 1), 2: (1, channels, 1, 1), 3: (batch, channels, 1, 1),
+             4: shape}
+
+    def table(kind, scale, offset=0.0):
+        if kind == 0:
+            return None, offset + scale / 2, offset + scale / 2
+        full = offset + torch.rand(forms[kind], generator=gen) * scale
+        kernel = (full.expand(shape).contiguous(memory_format=memory_format) if kind == 4
+                  else full.reshape(-1).contiguous())
+        return kernel, 0.0, full
+
+    (e_t, e, e_ref), (a_t, a, a_ref) = table(kinds[0], 0.1), table(kinds[1], 0.02)
+    (lo_t, lo, lo_ref), (hi_t, hi, hi_ref) = table(kinds[2], 0.2), table(kinds[3], 0.1, 0.9)
+    example_size, channel_div = flat_layout(x)
+    for order in range(4):
+        out = x.clone()
+        OPS._linf_step_kernel_(out, grad, x_nat, e_t, e, a_t, a, lo_t, lo, hi_t, hi,
+                               example_size, channel_div, kinds, order)
+        want = reference.linf_step(x, grad, x_nat, e_ref, a_ref, lo_ref, hi_ref, order)
+        assert torch.equal(out, want), order
+        seed = torch.tensor([99])
+        OPS._random_init_kernel_(out, x_nat, seed, e_t, e, lo_t, lo, hi_t, hi, example_size,
+                                 channel_div, [kinds[0], kinds[2], kinds[3]], order)
+        want = reference.random_init(x, x_nat, seed, e_ref, lo_ref, hi_ref, order)
+        assert torch.equal(out, want), f"random start, order {order}"

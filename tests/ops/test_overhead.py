@@ -28,6 +28,7 @@ def test_tensor_eps_values_are_read_once_per_version():
     """A loop passing the same eps tensor every step reads its values (a host sync on CUDA)
     once; an in-place write to it makes the next call check again."""
     x_nat, x_adv, grad = _state()
+    fastadv.pgd_(x_adv, grad, x_nat, eps=0.03, alpha=0.01)  # x_adv is now the op's own output
     eps = torch.tensor([0.03, 0.05])
     with OpsSeen() as seen:
         for _ in range(3):
@@ -42,6 +43,25 @@ def test_tensor_eps_values_are_read_once_per_version():
     with pytest.raises(ValueError, match="eps must be >= 0"):
         fastadv.pgd_(x_adv, grad, x_nat, eps=eps, alpha=0.01)
     assert torch.equal(x_adv, before)
+
+
+def test_the_start_check_reads_a_state_once():
+    """x_adv written by anything but the ops is checked against its box (one host read); the
+    steps after it, on the ops' own output, are not (detach() keeps the storage and version,
+    as in a loop that detaches x_adv after each backward)."""
+    x_nat, x_adv, grad = _state()
+    with OpsSeen() as seen:
+        fastadv.pgd_(x_adv, grad, x_nat, eps=0.03, alpha=0.01)
+    assert _host_reads(seen.ops) == 1
+    with OpsSeen() as seen:
+        for _ in range(3):
+            x_adv = x_adv.detach()
+            fastadv.pgd_(x_adv, grad, x_nat, eps=0.03, alpha=0.01)
+    assert _host_reads(seen.ops) == 0
+    x_adv.add_(0.0)  # written by someone else: checked again
+    with OpsSeen() as seen:
+        fastadv.pgd_(x_adv, grad, x_nat, eps=0.03, alpha=0.01)
+    assert _host_reads(seen.ops) == 1
 
 
 def test_a_new_tensor_with_the_same_id_is_checked():
@@ -62,7 +82,7 @@ def test_cached_tensor_bounds_follow_the_batch_and_device():
     alpha = torch.tensor([0.01, 0.02])
     fastadv.pgd_(x_adv, grad, x_nat, eps=0.1, alpha=alpha)
     x3, g3, n3 = x_adv[:1], grad[:1], x_nat[:1]
-    with pytest.raises(ValueError, match=r"alpha must be a float or a tensor of shape \[B\]"):
+    with pytest.raises(ValueError, match=r"alpha must be a float, a tensor \[B\] = \[1\]"):
         fastadv.pgd_(x3, g3, n3, eps=0.1, alpha=alpha)
 
 

@@ -154,13 +154,22 @@ def test_number_parameter_values(device_backend, dtype, eps, alpha, lower, upper
     assert_ulp_close(x_adv, expected, ulps=step_ulps(device, backend, dtype))
 
 
-def test_x_nat_may_be_x_adv_itself(device_backend):
-    """x_adv passed as x_nat too: the step stays within eps of x_adv's old values."""
-    device, backend = device_backend
+@pytest.mark.parametrize("centre", ["itself", "a view", "a detached alias"])
+def test_x_nat_sharing_x_adv_memory_is_refused(device_backend, centre):
+    """x_adv passed as x_nat too would move the ball with every step (no projection at all
+    over an attack): refused, naming both, with x_adv unchanged."""
+    device, _ = device_backend
     _, x_adv, grad = attack_state((2, 3, 4, 4), torch.float32, device)
-    expected = expected_linf(x_adv, grad, x_adv, 8 / 255, 2 / 255)
-    fastadv.pgd_(x_adv, grad, x_adv, eps=8 / 255, alpha=2 / 255)
-    assert_ulp_close(x_adv, expected, ulps=step_ulps(device, backend, torch.float32))
+    x_nat = {"itself": x_adv, "a view": x_adv.view(2, 3, 16).view(2, 3, 4, 4),
+             "a detached alias": x_adv.detach()}[centre]
+    before = x_adv.clone()
+    with pytest.raises(ValueError, match="x_nat shares memory with x_adv"):
+        fastadv.pgd_(x_adv, grad, x_nat, eps=8 / 255, alpha=2 / 255)
+    with pytest.raises(ValueError, match="x shares memory with delta"):
+        fastadv.pgd_delta_(x_adv, grad, x_nat, eps=8 / 255, alpha=2 / 255)
+    with pytest.raises(ValueError, match="x_nat shares memory with x_adv"):
+        fastadv.random_init_(x_adv, x_nat, eps=8 / 255)
+    assert torch.equal(x_adv, before)
 
 
 def test_a_view_writes_its_own_elements(device_backend):

@@ -41,8 +41,8 @@ SIZES = [0, 1, 1, 2, 2, 3, 3, 4, 5, 7]
 # Names of tensor arguments, by role (the schemas of csrc/fastadv.cpp and fastadv/ops.py).
 MAIN = {"x", "x_adv", "best_x"}
 LIKE_MAIN = {"grad", "x_nat"}
-PER_EXAMPLE = {"eps", "alpha", "eps_per_example", "alpha_per_example", "loss", "best_loss"}
-PER_CHANNEL = {"lower", "upper", "lower_per_channel", "upper_per_channel"}
+PER_EXAMPLE = {"eps", "alpha", "eps_t", "alpha_t", "loss", "best_loss"}
+PER_CHANNEL = {"lower", "upper", "lower_t", "upper_t"}
 
 
 # --------------------------------------------------------------------------- the driver
@@ -135,6 +135,8 @@ def _driver(seed: int, calls: int) -> None:
             return rng.choice([example_size] * 4 + divisors(example_size))
         if name == "channel_div":
             return rng.choice([channel_div] * 4 + [1] + divisors(example_size))
+        if name == "order":
+            return rng.choice([0, 0, 1, 2, 3])
         return rng.choice([1, 2, example_size])
 
     def arguments(schema):
@@ -197,6 +199,17 @@ def _driver(seed: int, calls: int) -> None:
                     args.append(rng.choice(INT_EXTREMES))
                 else:
                     args.append(rng.randrange(-2**63, 2**63))
+            elif kind == "List[int]":  # kinds: one per parameter tensor before it, or none
+                tables = [(a.name, v) for a, v in zip(schema.arguments, args)
+                          if str(a.type) == "Optional[Tensor]"]
+                if near() and rng.random() < 0.3:
+                    args.append([])
+                elif near():
+                    args.append([0 if v is None else rng.choice(
+                        [1 if n in PER_EXAMPLE else 2] * 3 + [1, 2, 3, 4]) for n, v in tables])
+                else:
+                    args.append([rng.choice([-1, 0, 1, 2, 3, 4, 5, 2**40])
+                                 for _ in range(rng.choice([0, 1, len(tables), 5]))])
             elif kind == "float":
                 args.append(rng.choice(FLOATS))
             elif kind == "str":

@@ -149,3 +149,67 @@ def test_autograd_sees_the_write(device_backend):
         fastadv.pgd_(x_adv, grad, x_nat, eps=0.03, alpha=0.01)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def _kinded_args(device, order, eps_shape, bound):
+    """The registered op's arguments with eps of `eps_shape` (the op layer's normalised
+    forms), a bound of kind `bound`, in rounding order `order`."""
+    x_nat, x_adv, grad = attack_state((2, 3, 5, 4), torch.float32, device)
+    if order >= 2:
+        x_adv = (x_adv - x_nat).clamp(-0.03, 0.03)  # a perturbation
+    eps = torch.full(eps_shape, 0.03, device=device) if eps_shape else None
+    lower = {"none": None, "channel": torch.tensor([0.0, 0.1, 0.2], device=device),
+             "element": torch.full((2, 3, 5, 4), 0.05, device=device),
+             "example": torch.tensor([0.0, 0.1], device=device).view(2, 1, 1, 1)}[bound]
+    return (x_adv, grad, x_nat, eps, 0.03, None, 0.01, lower, 0.0, None, 1.0, "linf", order)
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 3])
+@pytest.mark.parametrize("eps_shape, bound", [((), "none"), ((1, 3, 1, 1), "channel"),
+                                               ((2, 3, 1, 1), "element"), ((2,), "example")])
+def test_opcheck_every_order_and_kind(device_backend, order, eps_shape, bound):
+    device, _ = device_backend
+    args = _kinded_args(device, order, eps_shape, bound)
+    torch.library.opcheck(torch.ops.fastadv.pgd_.default, args)
+    torch.library.opcheck(torch.ops.fastadv.pgd_step.default, args)
+    x_adv, _, x_nat, eps, e, _, _, lower, lo, _, hi, _, _ = args
+    seed = torch.tensor([1234], dtype=torch.int64, device=device)
+    torch.library.opcheck(torch.ops.fastadv.random_init_.default,
+                          (x_adv, x_nat, seed, eps, e, lower, lo, None, hi, order))
+
+
+def _toy_delta_attack(model_w, x, delta, steps, eps, alpha):
+    for _ in range(steps):
+        grad = torch.cos((x + delta) * model_w) * model_w
+        fastadv.pgd_delta_(delta, grad, x, eps=eps, alpha=alpha)
+    return delta
+
+
+def test_compile_fullgraph_delta_loop_with_per_channel_eps(device_backend):
+    device, _ = device_backend
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8, generator=gen).to(device)
+    w = torch.randn(3, 8, 8, generator=gen).to(device)
+    eps = torch.tensor([0.02, 0.03, 0.04], device=device).view(3, 1, 1)
+    eager = _toy_delta_attack(w, x, torch.zeros_like(x), 4, eps, eps / 4)
+    compiled = torch.compile(_toy_delta_attack, fullgraph=True, dynamic=False)
+    out = compiled(w, x, torch.zeros_like(x), 4, eps, eps / 4)
+    assert torch.equal(out, eager)
+
+
+@pytest.mark.parametrize("order", ["delta_box", "image_box"])
+def test_pgd_delta_step_gradcheck(order):
+    """fp64 (reference path): gradients to delta (where no clamp is active) and to x."""
+    gen = torch.Generator().manual_seed(1)
+    x = (0.2 + 0.6 * torch.rand(2, 3, 3, generator=gen)).double().requires_grad_()
+    delta = (0.1 * torch.randn(2, 3, 3, generator=gen)).double().requires_grad_()
+    grad = torch.randn(2, 3, 3, generator=gen).double()
+
+    def fn(delta, x):
+        return fastadv.pgd_delta_step(delta, grad, x, eps=torch.tensor([0.05, 0.2]).double(),
+                                      alpha=0.02, lower=0.25, upper=0.75, order=order)
+
+    with pytest.warns(fastadv.errors.FormWarning):  # some of delta starts outside its box
+        fn(delta, x)
+    assert torch.autograd.gradcheck(fn, (delta, x))

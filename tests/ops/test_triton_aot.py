@@ -50,7 +50,10 @@ def results_of(aot, kernel, arch=None):
 
 
 def per_flags(r):
-    return tuple(v for k, v in r["constexprs"].items() if k.startswith("PER_"))
+    """Which of eps/alpha/lower/upper are tensors: the l2 kernel's PER_* flags, the l-inf and
+    random-start kernels' *_KIND constexprs (0 = a float)."""
+    return tuple(v for k, v in r["constexprs"].items()
+                 if k.startswith("PER_") or k.endswith("_KIND"))
 
 
 def short(r):
@@ -179,3 +182,165 @@ def test_no_per_element_64_bit_division(aot):
     all_per = [r for r in results_of(aot, "_linf_step_kernel", 90)
                if r["ok"] and all(per_flags(r)) and "i64" not in r["types"].values()]
     assert all_per and all(r["ptx"]["div_rem_32"] > 0 for r in all_per)  # it is there at all
+
+
+# --------------------------------------------------------------------------- kinds and orders
+
+# The issue 26 contract: each of eps/alpha/lower/upper of a kind (0 SCALAR .. 4 ELEMENT) and an
+# ORDER of the update, all constexprs. tests/tools/triton_aot.py's plan launches the old calls
+# (kinds=[], order 0); this records launches of the new kinds and orders with its recording
+# driver and compiles each variant for sm_90 (H100/H200). Every parameter takes every kind in
+# every order (the rows of a Latin square), for each x dtype, aligned and offset alike, and
+# above 2**31 elements.
+ORDERS_SCRIPT = r"""
+import concurrent.futures, itertools, json, multiprocessing, sys
+
+import torch
+
+import triton_aot as A  # the subprocess runs in tests/tools
+from fastadv import kernels
+
+SHAPES = {s.name: s for s in A.ELEMENTWISE_SHAPES}
+ROWS4 = [tuple((k + j) % 5 for j in range(4)) for k in range(5)]
+ROWS3 = [tuple((k + j) % 5 for j in range(3)) for k in range(5)]
+
+
+def param(kind, shape, offset):
+    batch = shape.numel // shape.example_size
+    if kind == 0:
+        return None
+    if kind == 4:  # ELEMENT: laid out like x, offset like grad and x_nat
+        return A._tensor(shape.numel, torch.float32, offset, huge=shape.huge)
+    return torch.full(({1: batch, 2: shape.channels, 3: batch * shape.channels}[kind],), 0.1)
+
+
+def step(shape, x_dtype, g_dtype, kinds, order, legacy=False):
+    def launch():
+        x = A._tensor(shape.numel, x_dtype, shape.x_offset, huge=shape.huge)
+        grad = A._tensor(shape.numel, g_dtype, shape.other_offset, huge=shape.huge)
+        x_nat = A._tensor(shape.numel, x_dtype, shape.other_offset, huge=shape.huge)
+        p = [param(k, shape, shape.other_offset) for k in kinds]
+        extra = () if legacy else (list(kinds), order)
+        kernels.linf_step(x, grad, x_nat, p[0], 0.03, p[1], 0.01, p[2], 0.0, p[3], 1.0,
+                          shape.example_size, shape.channel_div, *extra)
+    return launch
+
+
+def start(shape, x_dtype, kinds, order, legacy=False):
+    def launch():
+        x = A._tensor(shape.numel, x_dtype, shape.x_offset, huge=shape.huge)
+        x_nat = A._tensor(shape.numel, x_dtype, shape.other_offset, huge=shape.huge)
+        p = [param(k, shape, shape.other_offset) for k in kinds]
+        extra = () if legacy else (list(kinds), order)
+        kernels.random_init(x, x_nat, torch.zeros(1, dtype=torch.int64), p[0], 0.03, p[1], 0.0,
+                            p[2], 1.0, shape.example_size, shape.channel_div, *extra)
+    return launch
+
+
+def configurations():
+    mixes = [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "bf16")]
+    for (xn, gn), kinds, order in itertools.product(mixes, ROWS4, range(4)):
+        yield (f"linf aligned x={xn} grad={gn} kinds={kinds} order={order}",
+               step(SHAPES["aligned"], A.DTYPES[xn], A.DTYPES[gn], kinds, order))
+    for xn, kinds, order in itertools.product(A.DTYPES, ROWS3, range(4)):
+        yield (f"random aligned x={xn} kinds={kinds} order={order}",
+               start(SHAPES["aligned"], A.DTYPES[xn], kinds, order))
+    for name, xn, order in itertools.product(("common offset", "2**31 elements"),
+                                             ("fp32", "bf16"), (0, 3)):
+        shape = SHAPES[name]
+        yield (f"linf {name} x={xn} kinds=(3, 4, 4, 3) order={order}",
+               step(shape, A.DTYPES[xn], A.DTYPES[xn], (3, 4, 4, 3), order))
+        yield (f"random {name} x={xn} kinds=(4, 3, 4) order={order}",
+               start(shape, A.DTYPES[xn], (4, 3, 4), order))
+    # kinds=[] (the old calls) with tensors for eps and lower: the variants of their kinds.
+    for legacy in (True, False):
+        yield (f"linf legacy={legacy}",
+               step(SHAPES["aligned"], torch.float32, torch.float32, (1, 0, 2, 0), 0, legacy))
+        yield (f"random legacy={legacy}",
+               start(SHAPES["aligned"], torch.float32, (1, 2, 0), 0, legacy))
+
+
+variants = A.record(configurations())
+A._VARIANTS = variants
+tasks = [(i, 90) for i in range(len(variants))]
+with concurrent.futures.ProcessPoolExecutor(
+        int(sys.argv[1]), mp_context=multiprocessing.get_context("fork")) as pool:
+    results = [{"variant": i, **r} for i, r in pool.map(A._compile_task, tasks, chunksize=4)]
+json.dump({"variants": [v.describe() for v in variants], "results": results}, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def aot_orders():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", ORDERS_SCRIPT, str(os.cpu_count() or 1)],
+                          cwd=os.path.dirname(TRITON_AOT), env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout)
+
+
+def kinds_and_order(r):
+    return per_flags(r), r["constexprs"]["ORDER"]
+
+
+def launched(report, prefix):
+    return [v for v in report["variants"] if any(lb.startswith(prefix) for lb in v["labels"])]
+
+
+def test_every_kind_and_order_compiles_for_sm90(aot_orders):
+    failed = [r for r in aot_orders["results"] if not r["ok"]]
+    assert not failed, "\n\n".join(f"{short(r)}\n{r['error'][-1500:]}" for r in failed[:3]) + (
+        f"\n\n... {len(failed)} of {len(aot_orders['results'])} compiles failed")
+
+
+def test_kinds_and_orders_are_the_only_new_constexprs(aot_orders):
+    """One variant per (kinds, order) and x dtype: 20 for the step (5 rows x 4 orders), 15
+    for the random start, whose order 1 is order 0 (the contract) and compiles as it; the
+    old calls (kinds=[]) are the variants of their explicit kinds."""
+    for prefix, kernel, count in (("linf aligned x=fp32", "_linf_step_kernel", 20),
+                                  ("random aligned x=fp32", "_random_init_kernel", 15)):
+        variants = launched(aot_orders, prefix)
+        assert {v["kernel"] for v in variants} == {kernel}
+        assert len(variants) == count, [kinds_and_order(v) for v in variants]
+        assert len({kinds_and_order(v) for v in variants}) == count
+    for v in launched(aot_orders, "random"):
+        assert v["constexprs"]["ORDER"] != 1
+        order_1 = [lb for lb in v["labels"] if lb.endswith("order=1")]
+        assert not order_1 or any(lb.endswith("order=0") for lb in v["labels"]), v["labels"]
+    for prefix, flags in (("linf legacy=True", (1, 0, 2, 0)),
+                          ("random legacy=True", (1, 2, 0))):
+        (v,) = launched(aot_orders, prefix)
+        assert per_flags(v) == flags and v["constexprs"]["ORDER"] == 0
+        assert prefix.replace("True", "False") in v["labels"], v["labels"]
+
+
+def test_every_kind_and_order_keeps_the_compiled_properties(aot_orders):
+    """What the tests above check of the old variants, for every kind and order: 128-bit
+    accesses to x, grad and x_nat where aligned (also with ELEMENT tensors offset alike,
+    which take part in the aligned split), no local memory or spills, no approximate
+    division, no per-element 64-bit division (EXAMPLE_CHANNEL needs no more than an example
+    and a channel), no FMA in the random start (e*u is inexact)."""
+    checked = 0
+    for r in aot_orders["results"]:
+        if not r["ok"]:
+            continue
+        streams = ({"x_ptr", "grad_ptr", "x_nat_ptr", "body_numel"}
+                   if r["kernel"] == "_linf_step_kernel" else {"x_ptr", "x_nat_ptr", "body_numel"})
+        if streams <= set(r["divisible_by_16"]):
+            loads = 3 if r["kernel"] == "_linf_step_kernel" else 1
+            assert r["ptx"]["ld_global_v4"] >= loads and r["ptx"]["st_global_v4"] >= 1, (
+                short(r), r["ptx"])
+            checked += 1
+        assert r["ptx"]["local"] == 0 and r["ptx"]["approx_f32"] == 0, (short(r), r["ptx"])
+        assert r["cubin"].get("local", 0) == 0 and r["cubin"].get("stack", 0) == 0, short(r)
+        if not any(t == "i64" for t in r["types"].values()):
+            assert r["ptx"]["div_rem_64"] == 0 and r["ptx"]["div_rem_32"] <= 6, (short(r),
+                                                                                  r["ptx"])
+        if r["kernel"] == "_random_init_kernel":
+            assert r["ptx"]["fma_f32"] == 0, short(r)
+    assert checked >= 100
+    for label in ("linf common offset", "random common offset"):
+        for v in launched(aot_orders, label):
+            assert {"x_ptr", "x_nat_ptr", "body_numel"} <= set(v["divisible_by_16"]), (
+                label, v["divisible_by_16"])

@@ -51,8 +51,10 @@ PGD_CASES = [
     ("lower above upper per channel",
      lambda x, g, n, kw: (x, g, n, {**kw, "lower": torch.tensor([0.0, 0.9, 0.0]).view(3, 1, 1),
                                     "upper": 0.5}), ValueError, ["lower", "upper"]),
-    ("per-channel bound along the wrong dim",
-     lambda x, g, n, kw: (x, g, n, {**kw, "lower": torch.zeros(4)}), ValueError, ["lower", "channel", "[3, 1, 1]"]),
+    ("bound that does not broadcast to x",
+     lambda x, g, n, kw: (x, g, n, {**kw, "lower": torch.zeros(5)}), ValueError, ["lower", "broadcasts", "[3, 1, 1]"]),
+    ("bound with more dims than x",
+     lambda x, g, n, kw: (x, g, n, {**kw, "upper": torch.ones(1, 1, 3, 1, 1)}), ValueError, ["upper", "broadcasts"]),
     ("NaN upper", lambda x, g, n, kw: (x, g, n, {**kw, "upper": float("nan")}), ValueError, ["upper", "NaN"]),
     ("NaN lower", lambda x, g, n, kw: (x, g, n, {**kw, "lower": float("nan")}), ValueError, ["lower", "NaN"]),
 ]

@@ -357,7 +357,10 @@ def _specialisation(v: Variant) -> tuple:
 
 
 def _flags(v: Variant) -> tuple:
-    return tuple(val for name, val in v.describe()["constexprs"].items() if name.startswith("PER_"))
+    """Per parameter: a tensor (True) or a float (False), from PER_* flags or *_KIND kinds."""
+    items = v.describe()["constexprs"].items()
+    return tuple(bool(val) for name, val in items
+                 if name.startswith("PER_") or name.endswith("_KIND"))
 
 
 def requirements(v: Variant) -> list[tuple]:
