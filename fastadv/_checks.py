@@ -273,7 +273,10 @@ def bound(name: str, value, x: Tensor):
     else:  # per element, in x's memory order so that the kernels walk it with x
         full = torch.empty_like(x, dtype=torch.float32)  # x's strides where x is dense
         result = (full.copy_(values.reshape(shape).expand(x.shape)), 0.0)
-    _remember(key, (value,), context, result)
+    if values_checkable(value, x):  # never a tracer's tensor for a later eager call
+        _remember(key, (value,), context, result)
+        if not channel_only:  # an x-sized copy: freed with the user's tensor, not kept
+            weakref.finalize(value, _checked.pop, key, None)
     return result
 
 
@@ -300,9 +303,10 @@ def ordered_bounds(lower, upper, x: Tensor) -> None:
         key = ("ordered_bounds", id(lo_t), lo, id(hi_t), hi)
         if _cached(key, tensors, None) is not None:
             return
-        lo_v = _bound_view(lo_t, x) if lo_t is not None else torch.tensor(lo)
-        hi_v = _bound_view(hi_t, x) if hi_t is not None else torch.tensor(hi)
-        if (lo_v.to(hi_v.device) > hi_v).any():
+        device = tensors[0].device  # a float bound joins the tensor there (no copy back)
+        lo_v = _bound_view(lo_t, x) if lo_t is not None else torch.tensor(lo, device=device)
+        hi_v = _bound_view(hi_t, x) if hi_t is not None else torch.tensor(hi, device=device)
+        if (lo_v > hi_v).any():
             where = "in every channel" if lo_v.dim() <= 1 and hi_v.dim() <= 1 else "everywhere"
             raise ValueError(f"lower must be <= upper {where}")
         _remember(key, tensors, None, True)
@@ -352,7 +356,11 @@ def unknown_keywords(op: str, unknown: dict, accepted: tuple, delta_form: bool) 
     the other form (an image x_adv, or a perturbation delta)."""
     name = next(iter(unknown))
     target = _KEYWORD_ALIASES.get(name.lower())
-    if target in accepted:
+    if name == "order" and op == "random_init_":
+        hint = ("random_init_ starts the image form (the same start for order='fused' and "
+                "'via_delta'); the perturbation form's start is random_delta_(delta, x, ..., "
+                "order=...)")
+    elif target in accepted:
         hint = f"did you mean {target}=?"
     elif not delta_form and name in _DELTA_FORM:
         hint = (f"{op} steps an image x_adv around x_nat; a perturbation takes "

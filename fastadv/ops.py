@@ -597,7 +597,9 @@ def pgd_step(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps=_checks.REQUIRED
     direction ``g/‖g‖``); ``eps``, ``alpha``, ``lower`` and ``upper`` are constants."""
     args = _step_args("pgd_step", x_adv, grad, x_nat, eps, alpha, lower, upper, norm, order,
                       unknown, delta=False)
-    return torch.ops.fastadv.pgd_step(*args)
+    out = torch.ops.fastadv.pgd_step(*args)
+    _checks.mark_written(out)  # a functional loop's next step needs no start check
+    return out
 
 
 def pgd_delta_step(delta: Tensor, grad: Tensor, x: Tensor, *, eps=_checks.REQUIRED,
@@ -607,7 +609,9 @@ def pgd_delta_step(delta: Tensor, grad: Tensor, x: Tensor, *, eps=_checks.REQUIR
     :func:`pgd_step`, to ``delta`` and ``x``)."""
     args = _step_args("pgd_delta_step", delta, grad, x, eps, alpha, lower, upper, "linf",
                       order, unknown, delta=True)
-    return torch.ops.fastadv.pgd_step(*args)
+    out = torch.ops.fastadv.pgd_step(*args)
+    _checks.mark_written(out)
+    return out
 
 
 def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Tensor:

@@ -37,7 +37,7 @@ def per_example(value: Scalar, x: Tensor, dtype: torch.dtype) -> Scalar:
 def per_channel(value: Scalar, x: Tensor, dtype: torch.dtype) -> Scalar:
     """lower or upper as something that broadcasts against x: a ``[C]`` table per channel."""
     if isinstance(value, Tensor):
-        if value.dim() == x.dim() and x.dim() != 1:
+        if value.dim() == x.dim():  # broadcasts as it is (a 1-D x: [1] or [B])
             return value.to(dtype)
         if value.numel() == 1:
             return value.to(dtype).reshape(())

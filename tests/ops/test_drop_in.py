@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import fastadv
+from fastadv import reference
 from fastadv.errors import FormWarning
 from helpers import DTYPES, assert_ulp_close, step_ulps, to_layout
 
@@ -149,14 +150,44 @@ def test_per_element_bounds(device_backend):
     want = torch.clamp(d + 0.01 * torch.sign(g), torch.max(-X, torch.tensor(-0.03)),
                        torch.min(1 - X, torch.tensor(0.03)))
     assert torch.equal(got.cpu(), want)
-    for lower in [torch.zeros(4, 1, 1, 1), torch.zeros(5), torch.zeros(1, 1, 5, 1),
-                  torch.zeros(4, 3, 5, 5)]:  # per example, per column, ...: broadcast to x
-        x_adv = X.clone().to(device)
-        fastadv.pgd_(x_adv, g.to(device), X.to(device), eps=0.03, alpha=0.01,
-                     lower=lower.to(device) + 0.1)
-        want = torch.clamp(X + 0.01 * torch.sign(g), torch.max(lower + 0.1, X - 0.03),
-                           torch.clamp_max(X + 0.03, 1.0))
-        assert torch.equal(x_adv.cpu(), want), list(lower.shape)
+    for shape in [(4, 1, 1, 1), (5,), (1, 1, 5, 1), (4, 3, 5, 5), (3, 5, 1)]:
+        lower = torch.rand(shape, generator=gen) * 0.3  # per example, per column, ...
+        for layout in ("contiguous", "channels_last", "strided"):
+            x_adv = to_layout(X.clone(), layout).to(device)
+            fastadv.pgd_(x_adv, to_layout(g, layout).to(device), to_layout(X, layout).to(device),
+                         eps=0.03, alpha=0.01, lower=lower.to(device), upper=1.0)
+            want = torch.clamp(X + 0.01 * torch.sign(g), torch.max(lower, X - 0.03),
+                               torch.clamp_max(X + 0.03, 1.0))
+            assert torch.equal(x_adv.cpu(), want), (shape, layout)
+    upper = 0.7 + torch.rand(3, 1, 1, generator=gen) * 0.3  # per channel: the fast path
+    for layout in ("contiguous", "channels_last", "strided"):
+        d2 = to_layout(d.clone(), layout).to(device)
+        fastadv.pgd_delta_(d2, to_layout(g, layout).to(device), to_layout(X, layout).to(device),
+                           eps=0.03, alpha=0.01, upper=upper.to(device))
+        assert torch.equal(d2.cpu(), delta_box(d, g, X, 0.03, 0.01, 0.0, upper)), layout
+
+
+def test_one_dimensional_inputs_with_per_element_bounds(device_backend):
+    """x of shape [B] (one value per example): a [B] bound is per element; the step, its
+    functional twin's backward and the random start all take it."""
+    device, _ = device_backend
+    gen = torch.Generator().manual_seed(13)
+    x = torch.rand(6, generator=gen).to(device)
+    g = torch.randn(6, generator=gen).to(device)
+    lower = (torch.rand(6, generator=gen) * 0.3).to(device)
+    x_adv = x.clone()
+    fastadv.pgd_(x_adv, g, x, eps=0.1, alpha=0.05, lower=lower)
+    want = torch.clamp(x + 0.05 * torch.sign(g), torch.max(lower, x - 0.1),
+                       torch.clamp_max(x + 0.1, 1.0))
+    assert torch.equal(x_adv, want)
+    leaf = x.clone().requires_grad_()
+    fastadv.pgd_step(leaf, g, x, eps=0.1, alpha=0.05, lower=lower).sum().backward()
+    assert leaf.grad.shape == x.shape
+    start = torch.empty_like(x)
+    fastadv.random_init_(start, x, eps=0.1, lower=lower)
+    lo, hi = torch.max(lower, x - 0.1), torch.clamp_max(x + 0.1, 1.0)
+    # inside the box; where lower lies above the ball the box is empty and clamp gives hi
+    assert torch.where(lo <= hi, (start >= lo) & (start <= hi), start == hi).all()
 
 
 # --------------------------------------------------------------------------- whole attacks
@@ -345,6 +376,13 @@ def test_random_delta_lies_in_its_box_and_matches_across_orders(device_backend):
     # the same Philox draw in every form: equal up to the rounding of x + n vs n
     assert (starts["delta_box"] - (x_adv - X).cpu()).abs().max() < 1e-6
     assert (starts["image_box"] - starts["delta_box"]).abs().max() < 1e-6
+    # and exactly the reference's numbers for the seed drawn from that generator
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64,
+                         generator=torch.Generator().manual_seed(9))
+    for order, code in (("delta_box", 2), ("image_box", 3)):
+        want = reference.random_init(X.cpu(), X.cpu(), seed, eps.cpu().view(1, 3, 1, 1),
+                                     0.0, 1.0, code)
+        assert torch.equal(starts[order], want), order
 
 
 # --------------------------------------------------------------------------- the README

@@ -384,7 +384,8 @@ def test_kinds_and_order_checked_alike_in_cpp_and_python(change, error, words):
     ((2, 3, 16, 17), torch.channels_last),  # runs of 1: the repeated channel pattern
     ((2, 3, 70, 70), torch.contiguous_format),  # a period beyond the CPU's pattern tables
 ])
-@pytest.mark.parametrize("kinds", [[3, 2, 4, 1], [3, 2, 2, 0], [2, 1, 0, 2], [1, 3, 0, 0]])
+@pytest.mark.parametrize("kinds", [[3, 2, 4, 1], [3, 2, 2, 0], [2, 1, 0, 2], [1, 3, 0, 0],
+                                   [1, 0, 2, 2], [0, 1, 0, 0]])
 def test_every_kind_accepted_and_computed(shape, memory_format, kinds):
     """Valid tables of every kind, on the CPU kernel's every walk: the reference's numbers,
     for the step in each order and the random start."""
