@@ -18,6 +18,8 @@ import weakref
 import torch
 from torch import Tensor
 
+from . import reference
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -290,6 +292,11 @@ def per_channel(name: str, value, x: Tensor):
     return result
 
 
+def _value(normalised: tuple):
+    """A normalised (tensor or None, float) parameter as the reference takes it."""
+    return normalised[0] if normalised[0] is not None else normalised[1]
+
+
 def ordered_bounds(lower, upper, x: Tensor) -> None:
     """lower <= upper everywhere (checked where the values are readable)."""
     lo_t, lo = lower
@@ -304,19 +311,14 @@ def ordered_bounds(lower, upper, x: Tensor) -> None:
         if _cached(key, tensors, None) is not None:
             return
         device = tensors[0].device  # a float bound joins the tensor there (no copy back)
-        lo_v = _bound_view(lo_t, x) if lo_t is not None else torch.tensor(lo, device=device)
-        hi_v = _bound_view(hi_t, x) if hi_t is not None else torch.tensor(hi, device=device)
+        lo_v = torch.as_tensor(reference.per_channel(_value(lower), x, torch.float32),
+                               device=device)
+        hi_v = torch.as_tensor(reference.per_channel(_value(upper), x, torch.float32),
+                               device=device)
         if (lo_v > hi_v).any():
-            where = "in every channel" if lo_v.dim() <= 1 and hi_v.dim() <= 1 else "everywhere"
+            where = "in every channel" if all(t.dim() == 1 for t in tensors) else "everywhere"
             raise ValueError(f"lower must be <= upper {where}")
         _remember(key, tensors, None, True)
-
-
-def _bound_view(t: Tensor, x: Tensor) -> Tensor:
-    """A normalised bound (a ``[C]`` table or x-shaped) as a view broadcasting against x."""
-    if t.dim() == 1 and x.dim() >= 2:
-        return t.view(1, -1, *([1] * (x.dim() - 2)))
-    return t
 
 
 def norm(value) -> str:
@@ -437,13 +439,12 @@ def starts_in_box(op: str, written: Tensor, centre: Tensor, eps, lower, upper, *
         return  # traced, or the ops' own output (the common case: checked first, cheaply)
     if not values_checkable(written, centre):
         return
-    from . import reference
     from .errors import FormWarning
 
     dt = reference.compute_dtype(written)
-    e = reference.per_example(eps[0] if eps[0] is not None else eps[1], written, dt)
-    lo = reference.per_channel(lower[0] if lower[0] is not None else lower[1], written, dt)
-    hi = reference.per_channel(upper[0] if upper[0] is not None else upper[1], written, dt)
+    e = reference.per_example(_value(eps), written, dt)
+    lo = reference.per_channel(_value(lower), written, dt)
+    hi = reference.per_channel(_value(upper), written, dt)
     with torch.no_grad():
         w, c = written.detach().to(dt), centre.detach().to(dt)
         if delta:
