@@ -89,3 +89,13 @@ def same_report(a_path, b_path):
         {k: v["robust_acc"] for k, v in b["attacks"].items()}
     assert [(c["name"], c["status"], c["values"]) for c in a["sanity"]["checks"]] == \
         [(c["name"], c["status"], c["values"]) for c in b["sanity"]["checks"]]
+
+
+def trained_checkpoint(folder, epochs: int) -> str:
+    """best.pt of a real (standard, non-robust) training run on digits, in ``folder``/run."""
+    from fastadv.train.cli import main as train_main
+
+    out = folder / "run"
+    assert train_main(["--dataset", "digits", "--width", "1", "--method", "standard",
+                       "--epochs", str(epochs), "--no-progress", "--out", str(out)]) == 0
+    return str(out / "best.pt")

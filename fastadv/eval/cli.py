@@ -1,6 +1,11 @@
 """``python -m fastadv.eval``: evaluate a ``python -m fastadv.train`` checkpoint on its
 dataset's test split. Unset flags come from the checkpoint (dataset, ε, seed). Bad input
 exits non-zero with one clear line naming the flag, before anything is written.
+
+Schedulers and torchrun run the same command again after a kill: ``--resume auto`` continues
+the partial evaluation, or finds the report already complete. Under torchrun the evaluation
+runs in one process (``--nproc-per-node 1``); a restarted worker behaves as ``--resume auto``
+by itself, and one given ``--overwrite`` continues the partial file its own job wrote.
 """
 
 from __future__ import annotations
@@ -20,13 +25,23 @@ from ..data import (DATASETS, DatasetNotFoundError, DownloadError, is_dataset, l
 from ..data import folder as folder_data
 from ..data.folder_sources import folder_sources
 from ..cli_common import MAX_COUNT, MAX_SEED, number, write_failure
-from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, MissingDependency,
-                      check_attacks, torchattacks)
+from ..train.elastic import restart_count, run_id
+from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, AttackSettings,
+                      MissingDependency, check_attacks, torchattacks)
 from .curve import plot
-from .evaluation import DEFAULT_ATTACKS, evaluate
-from .report import fmt_eps
+from .evaluation import DEFAULT_ATTACKS, checked_data, evaluate, run_record
+from .report import EvalReport, fmt_eps
+from .store import recorded_run_id
 
 PROG = "python -m fastadv.eval"
+AUTO = "auto"  # --resume auto
+
+
+def resume_arg(text: str) -> str:
+    """--resume's optional value: only ``auto``."""
+    if text != AUTO:
+        raise argparse.ArgumentTypeError(f"the only value --resume takes is auto, got {text!r}")
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
                     "evaluations too weak to trust (gradient masking), and accuracy vs eps.",
         epilog="exit status: 0 done, 2 bad input, 3 with --strict when a sanity check warns; "
                "1 when an attack returns points outside the eps-ball or a write fails (disk "
-               "full, permissions)")
+               "full, permissions). Under torchrun: one process (--nproc-per-node 1); a "
+               "restarted worker continues as with --resume auto")
     a = p.add_argument
     a("--checkpoint", required=True, help="a checkpoint written by python -m fastadv.train "
                                           "(RUN/best.pt or RUN/last.pt)")
@@ -72,12 +88,17 @@ def parser() -> argparse.ArgumentParser:
       help="write the report there (atomically); completed batches go to OUT.json.partial "
            "meanwhile, so --resume can continue after a kill")
     a("--plot", metavar="OUT.png", help="plot accuracy vs eps there (needs matplotlib)")
-    a("--resume", action="store_true",
+    a("--resume", nargs="?", const=True, default=False, type=resume_arg, metavar=AUTO,
       help="continue the evaluation kept in OUT.json.partial (same flags required; starts "
-           "afresh when there is none)")
+           "afresh when there is none); --resume auto also accepts an OUT.json that already "
+           "holds this very evaluation, finished: it says so and exits, redoing nothing (for a "
+           "scheduler that reruns the same command; any other existing OUT.json is refused, "
+           "never replaced). Under torchrun, a restarted worker behaves as --resume auto by "
+           "itself")
     a("--overwrite", action="store_true",
       help="replace an existing OUT.json/OUT.png, or discard an unfinished evaluation's "
-           "OUT.json.partial (without it, they are never overwritten)")
+           "OUT.json.partial (without it, they are never overwritten); a torchrun restart "
+           "continues the partial its own job wrote instead")
     a("--no-sanity", dest="sanity", action="store_false",
       help="skip the extra sanity runs (PGD with doubled steps and doubled restarts)")
     a("--sanity-examples", type=int, default=500,
@@ -96,16 +117,49 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_process_refusal() -> str | None:
+    """Why this process must not run (torchrun started several), or None. The evaluation is
+    one process: ranks would all write the same OUT.json.partial."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        return (f"fastadv.eval runs in one process (WORLD_SIZE is {world}): torchrun "
+                "--nproc-per-node 1 ... (restarts still apply)")
+    return None
+
+
+def follow_torchrun_restart(args: argparse.Namespace) -> None:
+    """A worker torchrun restarted runs the same command again: with neither --resume nor
+    --overwrite it continues the attempt before (its partial file, or its finished report),
+    as --resume auto does, where a plain start would refuse the files that attempt left."""
+    if restart_count() > 0 and args.json and not args.resume and not args.overwrite:
+        args.resume = AUTO
+        print(f"torchrun restart {restart_count()}: continuing as with --resume auto",
+              file=sys.stderr)
+
+
+def partial_path(args: argparse.Namespace) -> str | None:
+    return args.json + ".partial" if args.json else None
+
+
+def report_to_compare(args: argparse.Namespace) -> bool:
+    """--resume auto finds OUT.json and no unfinished evaluation: the report may be this very
+    evaluation, complete (a kill after it was written); :func:`finished_report` decides, once
+    :func:`prepare` knows what this command evaluates."""
+    return (args.resume == AUTO and not args.overwrite and args.json is not None
+            and os.path.lexists(args.json) and not os.path.exists(partial_path(args)))
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """The overwrite rule for --json and --plot: an existing report or plot is replaced only
     with --overwrite; an unfinished evaluation (OUT.json.partial) is continued with --resume
-    or discarded with --overwrite, never silently."""
+    or discarded with --overwrite, never silently. --resume auto accepts an existing report
+    only when it is this very evaluation, complete (:func:`finished_report`)."""
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the evaluation kept in OUT.json.partial and "
                          "--overwrite discards it: pass one of them")
-    if args.overwrite:
+    if args.overwrite or report_to_compare(args):
         return
-    partial = args.json + ".partial" if args.json else None
+    partial = partial_path(args)
     unfinished = partial is not None and os.path.exists(partial)
     if unfinished and not args.resume:
         raise ValueError(f"--json {args.json}: {partial} holds an unfinished evaluation; pass "
@@ -116,6 +170,51 @@ def check_outputs(args: argparse.Namespace) -> None:
         if path and os.path.lexists(path) and not (args.resume and unfinished):
             raise ValueError(f"{flag} {path} already exists; pass --overwrite to replace it, "
                              "or choose another path")
+
+
+def finished_report(args: argparse.Namespace, plan: Plan) -> EvalReport:
+    """OUT.json, when it is the finished report of exactly what this command evaluates (and
+    the plot asked for is there too); otherwise the refusal a plain start gives, saying why."""
+    try:
+        report = EvalReport.load_json(args.json)
+    except Exception:  # noqa: BLE001 - any failure: not a report of ours
+        report = None
+    if report is None:
+        why = "it is not a fastadv evaluation report"
+    else:
+        want, have = evaluation_record(args, plan), report_record(report)
+        changed = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        why = f"it was written with other settings: {', '.join(changed)}" if changed else None
+    if why is None and args.plot and not os.path.lexists(args.plot):
+        why = f"--plot {args.plot} is missing"
+    if why is not None:
+        raise ValueError(f"--json {args.json} already exists and is not this command's "
+                         f"finished evaluation ({why}); pass --overwrite to replace it, or "
+                         "choose another path")
+    return report
+
+
+def evaluation_record(args: argparse.Namespace, plan: Plan) -> dict:
+    """What this command's report will record about its evaluation: evaluate()'s own record
+    (:func:`~fastadv.eval.evaluation.run_record`), and where the model and data came from."""
+    attack = AttackSettings(eps=plan.eps, steps=args.steps, restarts=args.restarts,
+                            alpha=args.alpha, loss=args.loss, precision=args.precision,
+                            square_queries=args.square_queries)
+    x, y = checked_data(plan.model, plan.x, plan.y)
+    return {**run_record(plan.model, x, y, check_attacks(plan.attacks), attack,
+                         batch_size=args.batch_size, seed=plan.seed, sanity_runs=args.sanity,
+                         sanity_examples=args.sanity_examples, curve=args.curve,
+                         curve_steps=args.curve_steps),
+            "checkpoint": args.checkpoint, "dataset": plan.dataset, "split": "test",
+            "model": plan.model_name, "training": plan.training}
+
+
+def report_record(report: EvalReport) -> dict:
+    """The same record, as a finished report holds it."""
+    return {**report.settings, "attacks": list(report.attacks), "eps": report.eps,
+            "n_examples": report.n_examples, "checkpoint": report.checkpoint,
+            "dataset": report.dataset, "split": report.split, "model": report.model,
+            "training": report.extra.get("training")}
 
 
 @dataclasses.dataclass
@@ -129,6 +228,7 @@ class Plan:
     model_name: str
     training: dict
     attacks: tuple
+    finished: EvalReport | None = None  # --resume auto: OUT.json already holds this evaluation
 
 
 def prepare(args: argparse.Namespace) -> Plan:
@@ -215,8 +315,11 @@ def prepare(args: argparse.Namespace) -> Plan:
                                 f"of {dataset}")
     training = {k: cfg.get(k) for k in ("method", "eps", "epochs", "seed") if k in cfg}
     training["epoch"] = ckpt["progress"]["epoch"]
-    return Plan(model, data.x_test[:n], data.y_test[:n], float(eps), seed, dataset,
+    plan = Plan(model, data.x_test[:n], data.y_test[:n], float(eps), seed, dataset,
                 model_args["name"], training, attacks)
+    if report_to_compare(args):
+        plan.finished = finished_report(args, plan)
+    return plan
 
 
 @dataclasses.dataclass
@@ -259,13 +362,24 @@ def _test_split(cfg: dict, dataset: str, args, fingerprint: str | None = None):
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 done (or --resume auto found it done), 1 an attack's points outside
+    the ball or a failed write, 2 bad input (several torchrun processes included), 3 with
+    --strict when a sanity check warns."""
     p = parser()
     args = p.parse_args(argv)
+    refusal = one_process_refusal()
+    if refusal is not None:  # one line, no usage: the flags are fine, the launch is not
+        print(f"{PROG}: error: {refusal}", file=sys.stderr)
+        return 2
+    follow_torchrun_restart(args)
     try:
         plan = prepare(args)
     except (ValueError, MissingDependency, DatasetNotFoundError, DownloadError) as exc:
         p.error(str(exc))
-    partial = args.json + ".partial" if args.json else None
+    if plan.finished is not None:
+        print(f"already complete: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
+        return 3 if args.strict and not plan.finished.sanity_passed else 0
+    partial = partial_path(args)
     lock = None
     if args.json:  # one evaluation per --json at a time (their partial files would mix)
         folder, name = os.path.split(os.path.abspath(args.json))
@@ -298,9 +412,15 @@ def _run(p, args, plan: Plan, partial: str | None) -> int:
         count, size = remove_leftovers(folder, names)
         if count:
             print(leftovers_line(count, size, folder), file=sys.stderr)
+    resume = bool(args.resume)
     if args.overwrite and partial and os.path.exists(partial):
-        os.remove(partial)  # --overwrite: the unfinished evaluation is discarded, as asked
-    if args.resume and os.path.exists(partial):
+        if written_by_this_job(partial):
+            resume = True  # this job's first attempt already discarded the old one
+            print(f"torchrun restart {restart_count()}: continuing the evaluation this job "
+                  f"kept in {partial}", file=sys.stderr)
+        else:
+            os.remove(partial)  # --overwrite: the unfinished evaluation is discarded, as asked
+    elif resume and partial and os.path.exists(partial):
         print(f"resuming the evaluation kept in {partial}", file=sys.stderr)
     try:
         report = evaluate(
@@ -310,7 +430,7 @@ def _run(p, args, plan: Plan, partial: str | None) -> int:
             precision=args.precision, seed=plan.seed, sanity_runs=args.sanity,
             sanity_examples=args.sanity_examples, curve=args.curve,
             curve_steps=args.curve_steps, progress=args.progress, state_file=partial,
-            resume=args.resume, keep_state_file=True)
+            resume=resume, keep_state_file=True)
     except (ValueError, MissingDependency) as exc:
         p.error(str(exc))
     except AttackError as exc:
@@ -332,3 +452,11 @@ def _run(p, args, plan: Plan, partial: str | None) -> int:
     if args.json:
         print(f"\nreport: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
     return 3 if args.strict and not report.sanity_passed else 0
+
+
+def written_by_this_job(partial: str) -> bool:
+    """Whether ``partial`` was written by an earlier attempt of this torchrun job (a restart
+    of an --overwrite command continues it). Unknown ids (outside torchrun, the default
+    "none", a file from before ids were recorded) never match: the file is discarded."""
+    job = run_id()
+    return restart_count() > 0 and job is not None and recorded_run_id(partial) == job

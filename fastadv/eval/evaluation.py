@@ -37,6 +37,22 @@ from .store import Store, fingerprint
 DEFAULT_ATTACKS = ("fgsm", "pgd", "autoattack", "square")
 
 
+def run_record(model: nn.Module, x: Tensor, y: Tensor, names, settings: AttackSettings, *,
+               batch_size: int, seed: int, sanity_runs: bool, sanity_examples: int,
+               curve: bool, curve_steps: int) -> dict:
+    """What an evaluation is, as its partial file and its report record it: a resume, and
+    ``--resume auto`` finding a finished report, compare it exactly."""
+    n = len(y)
+    return {"attacks": list(names), "eps": float(settings.eps), "steps": settings.steps,
+            "restarts": settings.restarts, "alpha": settings.pgd_alpha, "loss": settings.loss,
+            "square_queries": settings.square_queries, "batch_size": batch_size,
+            "precision": settings.precision, "seed": seed, "sanity_runs": sanity_runs,
+            "sanity_examples": min(sanity_examples, n), "curve": curve,
+            "curve_steps": curve_steps, "max_batch": settings.max_batch, "n_examples": n,
+            # which weights and data these results belong to (a resume checks it)
+            "fingerprint": fingerprint(model, x, y)}
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
              attacks=DEFAULT_ATTACKS, steps: int = 50, restarts: int = 10,
              alpha: float | None = None, loss: str = "ce", square_queries: int = 5000,
@@ -86,7 +102,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
                               square_queries=square_queries, precision=precision,
                               max_batch=max_batch)
     check_settings(settings)
-    x, y = _check_data(model, x, y)
+    x, y = checked_data(model, x, y)
     for name, value, low in (("batch_size", batch_size, 1), ("sanity_examples", sanity_examples, 1),
                              ("curve_steps", curve_steps, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -97,13 +113,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
 
     n = len(y)
     m = min(sanity_examples, n)
-    run = {"attacks": list(names), "eps": float(eps), "steps": steps, "restarts": restarts,
-           "alpha": settings.pgd_alpha, "loss": loss, "square_queries": square_queries,
-           "batch_size": batch_size, "precision": precision, "seed": seed,
-           "sanity_runs": sanity_runs, "sanity_examples": m, "curve": curve,
-           "curve_steps": curve_steps, "max_batch": max_batch, "n_examples": n,
-           # which weights and data these results belong to (a resume checks it)
-           "fingerprint": fingerprint(model, x, y)}
+    run = run_record(model, x, y, names, settings, batch_size=batch_size, seed=seed,
+                     sanity_runs=sanity_runs, sanity_examples=sanity_examples, curve=curve,
+                     curve_steps=curve_steps)
     store = Store(state_file, run, resume)
 
     job = _Job(model, x, y, names, settings, seed, batch_size, m, curve_steps, device, store)
@@ -373,7 +385,8 @@ class _Timer:
 # --------------------------------------------------------------------------- checks, metadata
 
 
-def _check_data(model, x, y) -> tuple[Tensor, Tensor]:
+def checked_data(model, x, y) -> tuple[Tensor, Tensor]:
+    """(x, y) as an evaluation uses them (float, long), after checking them."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:

@@ -1,7 +1,12 @@
 """Resumable evaluation state: the results of completed units of work (an attack pass over
 one batch, a sanity run, a point of the curve), saved atomically after each unit to a
 partial file, so a run killed at any point continues where it stopped and ends with the same
-per-example results as one never interrupted."""
+per-example results as one never interrupted.
+
+The file also records the torchrun job that wrote it (``TORCHELASTIC_RUN_ID``, beside the
+settings, not among them: a resume compares the settings exactly, and a later job may well
+continue an earlier one's work), so that a restarted worker of ``--overwrite`` can tell the
+partial its own job wrote, to continue, from an older one, to discard."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from torch import nn
 from ..checkpoint import check_digest, save_checked
 
 FORMAT = "fastadv-eval-partial/2"  # /2: a unit per attack per batch
+RUN_ID = "torchelastic_run_id"  # optional: files written before it was recorded still load
 
 
 def fingerprint(*items) -> str:
@@ -41,10 +47,12 @@ class Store:
 
     ``resume=False`` refuses to overwrite an existing partial file (it holds an interrupted
     run); ``resume=True`` loads it (refusing one written with other ``settings``), or starts
-    fresh when there is none."""
+    fresh when there is none. Every write records the torchrun job of this process
+    (:func:`recorded_run_id` reads it back)."""
 
     def __init__(self, path: str | None, settings: dict, resume: bool):
         self.path, self.settings, self.units = path, settings, {}
+        self.run_id = _torchelastic_run_id()
         if path is None:
             if resume:
                 raise ValueError("resume needs a state file (the CLI's --json OUT.json keeps "
@@ -85,10 +93,31 @@ class Store:
     def put(self, key: str, value) -> None:
         self.units[key] = value
         if self.path is not None:
-            save_checked({"format": FORMAT, "settings": self.settings, "units": self.units},
-                         self.path)
+            save_checked({"format": FORMAT, "settings": self.settings, RUN_ID: self.run_id,
+                          "units": self.units}, self.path)
 
     def finish(self) -> None:
         """The run is complete (its report written): the partial file goes."""
         if self.path is not None and os.path.exists(self.path):
             os.unlink(self.path)
+
+
+def recorded_run_id(path: str) -> str | None:
+    """The torchrun job id recorded in the partial file ``path``: None when it records none
+    (written outside torchrun, or before ids were recorded), or when the file is missing,
+    unreadable or damaged (nothing there is worth continuing)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        check_digest(state, path)
+    except Exception:  # noqa: BLE001 - any failure means the file is not usable
+        return None
+    value = state.get(RUN_ID) if isinstance(state, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _torchelastic_run_id() -> str | None:
+    # Imported here: fastadv.eval loads while the fastadv package is still importing, before
+    # fastadv.train, so a module-level import would tie their import order together.
+    from ..train.elastic import run_id
+
+    return run_id()

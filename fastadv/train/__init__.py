@@ -10,10 +10,11 @@ and for one's own model and data, ``fastadv.fit(model, (x, y), eps=8/255, epochs
 
 from .config import DATASET_DEFAULTS, METHODS, TrainConfig, TrainConfigError
 from .divergence import TrainingDiverged
+from .elastic import PeerLost, RunStopped
 from .loop import train
 
-__all__ = ["DATASET_DEFAULTS", "METHODS", "TrainConfig", "TrainConfigError", "TrainingDiverged",
-           "main", "train"]
+__all__ = ["DATASET_DEFAULTS", "METHODS", "PeerLost", "RunStopped", "TrainConfig",
+           "TrainConfigError", "TrainingDiverged", "main", "train"]
 
 
 def main(argv=None):

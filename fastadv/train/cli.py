@@ -13,6 +13,7 @@ from ..model_specs import check_trusted, is_model_spec
 from .config import (SETTING, TrainConfig, TrainConfigError, check, check_resume_or_overwrite,
                      explicit_flags, parser, resolve)
 from .divergence import TrainingDiverged
+from .elastic import PEER_LOST_EXIT, STOPPED_EXIT, PeerLost, RunStopped
 from .loop import train
 from .rundir import RunDir, saved_settings
 
@@ -35,6 +36,10 @@ def config_from_args(argv=None) -> TrainConfig:
     trust_code = args.trust_model_code
     del args.debug, args.trust_model_code  # how this invocation behaves, not run settings
     try:
+        if args.resume == "auto":  # the command is the run: resumed if --out holds it
+            check_resume_or_overwrite(True, args.overwrite)
+            args.resume = False
+            return resolve(args)
         if not args.resume:
             return resolve(args)
         check_resume_or_overwrite(args.resume, args.overwrite)
@@ -69,11 +74,22 @@ def config_from_args(argv=None) -> TrainConfig:
 def main(argv=None) -> int:
     """Exit status: 0 done; 1 a write failed (disk full, permissions); 2 bad input (a
     second run on the same --out included) or a diverged training (a NaN loss); 3 with
-    --strict when the training stalled or diverged."""
+    --strict when the training stalled or diverged; 4 another rank was lost (torchrun);
+    143 stopped by SIGTERM at a batch boundary, last.pt written (non-zero, so that torchrun
+    restarts the workers rather than count the job as done)."""
     cfg = config_from_args(argv)
-    debug = cli_parser().parse_known_args(argv)[0].debug
+    flags = cli_parser().parse_known_args(argv)[0]
+    debug = flags.debug
     try:
-        summary = train(cfg)
+        summary = train(cfg, auto_resume=flags.resume == "auto")
+    except RunStopped as exc:
+        print(f"python -m fastadv.train: {exc}", file=sys.stderr)
+        return STOPPED_EXIT
+    except PeerLost as exc:
+        if debug and exc.__context__ is not None:
+            raise exc.__context__  # the transport's own error
+        print(f"python -m fastadv.train: error: {exc}", file=sys.stderr)
+        return PEER_LOST_EXIT
     except TrainingDiverged as exc:
         print(f"python -m fastadv.train: error: {exc}", file=sys.stderr)
         return 3 if cfg.strict else 2

@@ -82,6 +82,13 @@ def dataset_defaults(dataset: str) -> dict:
     return DATASET_DEFAULTS[dataset]
 
 
+def resume_arg(text: str) -> str:
+    """--resume's optional value: only ``auto``."""
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"the only value --resume takes is auto, got {text!r}")
+    return text
+
+
 def dataset_arg(text: str) -> str:
     """--dataset: one of DATASETS, idx:PATH (a folder of MNIST-format files) or folder:PATH
     (a folder of images, one subfolder per class)."""
@@ -140,6 +147,8 @@ class Setting:
     valid: Callable | None = None
     must: str = ""
     action: str | None = None  # store_true/store_false for switches
+    nargs: str | None = None  # "?": a flag with an optional value (its const when bare)
+    const: object = None
     flag: str | None = None  # default --name-with-dashes
     metavar: str | None = None
     derived: bool = False
@@ -253,8 +262,12 @@ SETTINGS: tuple[Setting, ...] = (
                  "digits split)"),
     Setting("out", "str", "runs/digits-pgd", derived=True, resumable=True,
             help="run directory (default: runs/<dataset>-<method>)"),
-    Setting("resume", "bool", False, action="store_true", resumable=True,
-            help="continue the run in --out from its last.pt"),
+    Setting("resume", "bool", False, type=resume_arg, nargs="?", const=True,
+            resumable=True, metavar="auto",
+            help="continue the run in --out from its last.pt; --resume auto continues it when "
+                 "there is one and starts it otherwise (for a scheduler that requeues the same "
+                 "command: never another run's folder, nor files of yours). Under torchrun, "
+                 "a restarted worker resumes by itself"),
     Setting("overwrite", "bool", False, action="store_true", resumable=True,
             help="replace the run (or the files of fastadv's names) in a non-empty --out; "
                  "without it, --out must be empty, new, or a run killed before its first "
@@ -316,6 +329,10 @@ SETTINGS: tuple[Setting, ...] = (
         "data has other classes")),
     Setting("progress", "bool", True, action="store_false", flag="--no-progress",
             resumable=True, help="no progress bars"),
+    Setting("dist_timeout", "int", 600, type=int, resumable=True, **at_least(1),
+            metavar="SECONDS",
+            help="under torchrun: how long a rank waits for another in a collective before "
+                 "reporting it lost (a lost machine sends nothing to say it is gone)"),
 )
 SETTING = {s.name: s for s in SETTINGS}
 # Changing these between a run and its resume does not change what is computed (--strict
@@ -374,15 +391,18 @@ def parser() -> argparse.ArgumentParser:
             for name, d in DATASET_DEFAULTS.items())
         + f"\n  every dataset: val-size={VAL_FRACTION:.0%} of the training set, at most "
           f"{VAL_CAP}"
-        + "\n\nexit status: 0 done, 2 bad input or a diverged training (NaN loss), 3 with "
-          "--strict when the training stalled or diverged")
+        + "\n\nexit status: 0 done, 1 a write failed, 2 bad input or a diverged training (NaN "
+          "loss), 3 with --strict when the training stalled or diverged, 4 another rank was "
+          "lost (under torchrun), 143 stopped by SIGTERM with last.pt written at a batch "
+          "boundary")
     for s in SETTINGS:
         if s.action is not None:
             p.add_argument(s.cli_flag, dest=s.name, action=s.action, help=s.help)
         else:
+            extra = dict(nargs=s.nargs, const=s.const) if s.nargs else {}
             p.add_argument(s.cli_flag, dest=s.name, type=s.type, choices=s.choices,
                            default=None if s.derived else s.default, metavar=s.metavar,
-                           help=s.help)
+                           help=s.help, **extra)
     return p
 
 

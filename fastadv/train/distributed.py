@@ -4,7 +4,11 @@ process: the same few calls either way, so the training loop has no branches for
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -19,6 +23,10 @@ class Context:
     world_size: int
     device: torch.device
     owns_group: bool = False  # the group was started here (a caller's is left to the caller)
+    side_group: object = None  # gloo, for the stop vote: no CUDA synchronisation
+    peers: list = field(default_factory=list)  # each rank's (host, pid), for a lost-peer line
+    launch: str = ""  # one id per group, for the roll call's keys
+    agent_store: object = None  # torchrun's key-value store: it outlives every worker
 
     @property
     def is_main(self) -> bool:
@@ -29,9 +37,11 @@ class Context:
         return self.world_size > 1
 
 
-def setup(device: str | None) -> Context:
+def setup(device: str | None, timeout: float = 600) -> Context:
     """The process's rank and device. Under torchrun (WORLD_SIZE set) it joins the process
-    group; a CUDA device becomes the local rank's GPU."""
+    group, whose collectives give up after ``timeout`` seconds (a lost node sends nothing: the
+    survivors would otherwise wait gloo's 30 minutes); a CUDA device becomes the local rank's
+    GPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         dev = resolve_device(device)
@@ -44,9 +54,58 @@ def setup(device: str | None) -> Context:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     owns_group = not dist.is_initialized()
+    wait = timedelta(seconds=timeout)
+    agent_store = side_group = None
     if owns_group:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), dev, owns_group)
+        store, agent_store = _attempt_store(wait)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=wait,
+                                **({} if store is None else dict(
+                                    store=dist.PrefixStore("fastadv", store),
+                                    rank=int(os.environ["RANK"]), world_size=world_size)))
+        # A caller's group is the caller's: the stop vote then runs on it.
+        side_group = dist.new_group(backend="gloo", timeout=wait)
+    peers = [None] * dist.get_world_size()
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid(), uuid.uuid4().hex))
+    return Context(dist.get_rank(), dist.get_world_size(), dev, owns_group, side_group,
+                   [p[:2] for p in peers], peers[0][2], agent_store)
+
+
+def _attempt_store(wait: timedelta):
+    """(a key-value store of this attempt's own, torchrun's shared store) under torchrun's
+    shared store, else (None, None): env:// as usual. The agent keeps one store for every
+    attempt of a job, and gloo and NCCL find their peers' addresses in it, so after a restart
+    a rank may read a dead attempt's address and fail to connect (pytorch/pytorch#135712).
+    Rank 0 hosts a fresh store and posts its port with a nonce; the others retry until the
+    port they read answers with that nonce (a stale one refuses, or names another)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None, None
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    shared = dist.TCPStore(host, port, world_size, is_master=False, timeout=wait)
+    key = "fastadv/attempt-store"
+    if rank == 0:
+        own = dist.TCPStore(host, 0, world_size, is_master=True, timeout=wait,
+                            wait_for_workers=False)
+        nonce = uuid.uuid4().hex
+        own.set("nonce", nonce)
+        shared.set(key, f"{own.port} {nonce}")
+        return own, shared
+    deadline = time.monotonic() + wait.total_seconds()
+    while True:
+        own_port, nonce = shared.get(key).decode().split()
+        try:
+            socket.create_connection((host, int(own_port)), timeout=2).close()  # quietly first
+            own = dist.TCPStore(host, int(own_port), world_size, is_master=False,
+                                timeout=timedelta(seconds=2))
+            if own.get("nonce").decode() == nonce:
+                own.set_timeout(wait)
+                return own, shared
+        except (OSError, RuntimeError, ValueError):  # a dead attempt's port, or not there yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {rank}: rank 0's store for this attempt never answered "
+                               f"at {host}:{own_port} (timed out)")
+        time.sleep(0.1)
 
 
 def teardown(ctx: Context, *, clean: bool) -> None:
@@ -55,6 +114,49 @@ def teardown(ctx: Context, *, clean: bool) -> None:
             dist.barrier()
         if ctx.owns_group:  # fastadv.fit under a caller's own group: theirs to close
             dist.destroy_process_group()
+        elif ctx.side_group is not None:
+            dist.destroy_process_group(ctx.side_group)
+
+
+# What gloo and NCCL say when the other end of a collective is gone.
+_TRANSPORT_FAILURES = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                       "timed out", "timeout", "socket closed", "nccl communicator was aborted",
+                       "connection refused", "end of file")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank is gone."""
+    if isinstance(exc, getattr(dist, "DistNetworkError", ())) or \
+            isinstance(exc, getattr(dist, "DistBackendError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(
+        text in str(exc).lower() for text in _TRANSPORT_FAILURES)
+
+
+def transport_reason(exc: BaseException) -> str:
+    """The transport's own words for a peer failure, without gloo's file and line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "] " in text and text.startswith("["):
+        text = text.split("] ", 1)[1]
+    return text.split(". ")[0].strip()
+
+
+def roll_call(ctx: Context, wait: float = 3.0) -> list[int] | None:
+    """The ranks that did not answer within ``wait`` seconds, each survivor leaving its mark
+    in torchrun's key-value store (which outlives the workers); None when the store itself is
+    gone (the rendezvous host was lost)."""
+    try:
+        store = ctx.agent_store or dist.distributed_c10d._get_default_store()
+        store.set(f"fastadv/alive/{ctx.launch}/{ctx.rank}", "1")
+        others = [r for r in range(ctx.world_size) if r != ctx.rank]
+        deadline = time.monotonic() + wait
+        while True:
+            missing = [r for r in others if not store.check([f"fastadv/alive/{ctx.launch}/{r}"])]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - any failure of the store means it is unreachable
+        return None
 
 
 def all_sum(ctx: Context, values: list[float]) -> list[float]:

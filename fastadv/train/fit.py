@@ -48,7 +48,8 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
         optimizer=None, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
         schedule: str = "piecewise", precision: str = "fp32", channels_last: bool = False,
         compile: bool = False, cuda_graph: bool = False, device: str | None = None,
-        seed: int = 0, out: str = "runs/fit", resume: bool = False, overwrite: bool = False,
+        seed: int = 0, out: str = "runs/fit", resume: bool | str = False,
+        overwrite: bool = False, dist_timeout: int = 600,
         eval_every: int = 1,
         eval_steps: int | None = None, eval_examples: int = 1000, eps_warmup: int = 0,
         strict: bool = False, save_every: int = 0, free_replays: int = 4,
@@ -79,6 +80,11 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
             exactly (the same weights as an uninterrupted run, on the CPU). A non-empty
             ``out`` that holds anything but a run killed before its first checkpoint is
             refused unless ``resume`` (an unfinished run) or ``overwrite=True`` (replace it).
+            ``resume="auto"`` continues the run in ``out`` if it is this one and starts it
+            otherwise (a script a scheduler requeues); under ``torchrun``, restarted
+            workers do so by themselves. A SIGTERM stops at the next batch with ``last.pt``
+            written and raises :class:`~fastadv.train.elastic.RunStopped`; a rank lost
+            under torchrun raises :class:`~fastadv.train.elastic.PeerLost` (one line).
         augment: random crop (4 px) and flip per batch on the device, for tensors and for
             datasets without transforms of their own; a ``Dataset``'s own random transforms
             run in the workers, each item under its own seed (exact on resume).
@@ -94,6 +100,14 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
     """
     given = dict(locals())  # the keywords as passed, before any is changed below
     settings = {s.name: given[s.name] for s in FIT_SETTINGS}
+    auto_resume = isinstance(resume, str) and resume == "auto"
+    if auto_resume:  # the call is the run: resumed if out holds it
+        settings["resume"] = False
+        if overwrite:
+            raise TrainConfigError("resume='auto' continues the run in out and overwrite "
+                                   "replaces it: pass one of them")
+    elif isinstance(resume, str):
+        raise TrainConfigError(f"resume must be True, False or 'auto', got {resume!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if mean is not None or std is not None:
@@ -113,7 +127,7 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
         raise TrainConfigError(f"optimizer must be 'sgd', 'adam', an Optimizer or a factory, "
                                f"got {optimizer!r}")
     summary = launch(cfg, lambda ctx: _job(cfg, ctx, model, train_data, val_data, test_data,
-                                           augment, optimizer))
+                                           augment, optimizer), auto_resume)
     rundir = RunDir(out)
     last, best = rundir.last, rundir.best
     history = load_checkpoint(last)["progress"]["history"]

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import FORMAT, rng_state, save_checked, set_rng_state
-from . import distributed
+from . import distributed, elastic
 from .config import TrainConfig, TrainConfigError, check, check_setup
 from .divergence import DivergenceGuard, non_finite_tensors
 from .job import Job, job_from_config
@@ -36,33 +36,70 @@ from .stall import chance_accuracy, stall_warning, stalled_record
 from .validation import clean_and_robust_accuracy
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, auto_resume: bool = False) -> dict:
     """Runs (or resumes) the training described by ``cfg`` (checked first: a bad value raises
-    TrainConfigError naming its flag, before anything is written); returns the final summary."""
-    return launch(cfg, lambda ctx: job_from_config(cfg, ctx))
+    TrainConfigError naming its flag, before anything is written); returns the final summary.
+    ``auto_resume``: ``--resume auto`` (resume the run in ``cfg.out`` if it is this one)."""
+    return launch(cfg, lambda ctx: job_from_config(cfg, ctx), auto_resume)
 
 
-def launch(cfg: TrainConfig, make_job: Callable[[distributed.Context], Job]) -> dict:
+def launch(cfg: TrainConfig, make_job: Callable[[distributed.Context], Job],
+           auto_resume: bool = False) -> dict:
     """The run directory's lock, the process group, and :func:`run` of the job ``make_job``
-    builds (after the group is up: the job's model and data live on the rank's device)."""
+    builds (after the group is up: the job's model and data live on the rank's device).
+    SIGTERM stops the run at the next batch boundary with last.pt written
+    (:class:`~fastadv.train.elastic.RunStopped`); a rank lost under torchrun is reported as
+    :class:`~fastadv.train.elastic.PeerLost`, one line, instead of the transport's error."""
     check(cfg)
     rundir = RunDir(cfg.out)
     try:
-        rundir.check(cfg.resume, cfg.overwrite)
-        ctx = distributed.setup(cfg.device)
-        try:
-            check_setup(cfg, ctx.device, ctx.world_size, ctx.distributed)
-            summary = run(make_job(ctx), ctx, rundir)
-        except BaseException:
-            distributed.teardown(ctx, clean=False)
-            raise
-        distributed.teardown(ctx, clean=True)
+        # A restarted torchrun worker may resume a run another rank's count reveals: the
+        # verdict waits for every rank (RunDir.claim).
+        rundir.check(cfg.resume, cfg.overwrite,
+                     verdict=not (auto_resume or elastic.under_torchelastic()))
+        ctx = distributed.setup(cfg.device, cfg.dist_timeout)
+        # Installed until the group is closed: torchrun's SIGTERM to the survivors of a lost
+        # rank must not end them before they have said which rank it was.
+        with elastic.StopSignal() as stop:
+            try:
+                check_setup(cfg, ctx.device, ctx.world_size, ctx.distributed)
+                summary = run(make_job(ctx), ctx, rundir, stop, auto_resume)
+            except elastic.RunStopped:
+                distributed.teardown(ctx, clean=True)  # every rank stopped at one boundary
+                raise
+            except BaseException as exc:
+                lost = _lost_peer_line(exc, ctx, rundir) if ctx.distributed else None
+                distributed.teardown(ctx, clean=False)
+                if lost is not None:
+                    raise elastic.PeerLost(lost) from None
+                raise
+            distributed.teardown(ctx, clean=True)
         return summary
     finally:
         rundir.release()
 
 
-def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
+def _lost_peer_line(exc: BaseException, ctx: distributed.Context, rundir: RunDir) -> str | None:
+    """The one line a survivor prints for a peer that died or stopped answering (who, and what
+    happens next), or None when ``exc`` is not that (every other rank answers the roll call)."""
+    if not distributed.is_peer_failure(exc):
+        return None
+    missing = distributed.roll_call(ctx)
+    if missing == []:
+        return None
+    me = f"rank {ctx.rank} ({ctx.peers[ctx.rank][0]})"
+    if missing is None:
+        lost = "the rendezvous host (torchrun's store is unreachable)"
+    else:
+        lost = ", ".join(f"rank {r} ({ctx.peers[r][0]}, pid {ctx.peers[r][1]})" for r in missing)
+    saved = (f"last.pt goes on at epoch {rundir.saved[0] + 1}, batch {rundir.saved[1] + 1}"
+             if rundir.saved else "no last.pt yet: it starts again")
+    return (f"{me}: lost {lost} ({distributed.transport_reason(exc)}); "
+            f"{elastic.next_step()} ({saved})")
+
+
+def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSignal | None = None,
+        auto_resume: bool = False) -> dict:
     """Setup → resume → for each epoch, for each batch: attack, step, log; evaluate;
     checkpoint → the final report."""
     cfg, device = job.cfg, ctx.device
@@ -88,9 +125,9 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
     method = make_method(cfg, model, attack_model, device)
 
     # ---- resume, or start the run directory
-    rundir.claim(ctx, cfg.resume, cfg.overwrite)
+    resume = rundir.claim(ctx, cfg, auto_resume)
     progress, meter = Progress(), EpochMeter()
-    ckpt = rundir.checkpoint_to_resume(cfg, ctx, job.fingerprint)
+    ckpt = rundir.checkpoint_to_resume(cfg, ctx, job.fingerprint, resume)
     if ckpt is not None:
         progress = _restore(ckpt, job, ctx, rundir, raw, optimizer, sched, method, meter,
                             steps_per_epoch)
@@ -98,15 +135,20 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
         if ctx.is_main:
             rundir.start({**cfg.to_dict(), "world_size": ctx.world_size,
                           "model_args": job.model_args, "data_fingerprint": job.fingerprint,
-                          **job.extra_config})
+                          "torchelastic_run_id": elastic.run_id(), **job.extra_config})
         torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank)  # per-rank attack/augment noise
     distributed.barrier(ctx)
     if ctx.is_main:
         print(first_line(job, ctx))
 
     # ---- epochs
-    checkpoint = lambda path: save_checkpoint(  # noqa: E731
-        path, ctx, job, raw, optimizer, sched, progress, meter, method)
+    def checkpoint(path):
+        save_checkpoint(path, ctx, job, raw, optimizer, sched, progress, meter, method)
+        if path == rundir.last:
+            rundir.saved = (progress.epoch, progress.step_in_epoch)
+
+    vote = elastic.StopVote(stop or elastic.StopSignal(), ctx.side_group, ctx.distributed,
+                            device)
     local_batch = cfg.batch_size // ctx.world_size
     chance = chance_accuracy(job.train.labels(cfg.eval_examples))
     ramp_steps = cfg.eps_warmup * steps_per_epoch
@@ -149,13 +191,18 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
                                 acc=f"{float(meter.correct) / meter.seen:.1%}",
                                 img_s=f"{meter.images * ctx.world_size / elapsed:.0f}")
             bar.update()
-            if cfg.save_every and progress.global_step % cfg.save_every == 0 \
-                    and i + 1 < steps_per_epoch:
+            if i + 1 == steps_per_epoch:
+                continue  # the epoch's end saves, and settles a stop there
+            stopping = vote.poll()  # every rank stops at the same boundary
+            if stopping or cfg.save_every and progress.global_step % cfg.save_every == 0:
                 _sync(device)
                 meter.seconds += time.perf_counter() - started
                 guard.check(raw)
                 checkpoint(rundir.last)
                 started = time.perf_counter()
+            if stopping:
+                bar.close()
+                raise elastic.RunStopped(_stopped_line(rundir, epoch, i + 1, steps_per_epoch))
         _sync(device)
         meter.seconds += time.perf_counter() - started
         bar.close()
@@ -201,10 +248,21 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir) -> dict:
                 tqdm.write(epoch_line(record, cfg.epochs))
             if warning:
                 tqdm.write(f"warning: {warning}", file=sys.stderr)
+        if vote.settle() and epoch + 1 < cfg.epochs:
+            raise elastic.RunStopped(_stopped_line(rundir, epoch, steps_per_epoch,
+                                                   steps_per_epoch))
     _check_ranks_agree(ctx, raw)
 
     # ---- final report on the test set
     return final_report(job, ctx, rundir, progress.history, local_batch)
+
+
+def _stopped_line(rundir: RunDir, epoch: int, step: int, steps_per_epoch: int) -> str:
+    where = (f"the end of epoch {epoch + 1}" if step == steps_per_epoch else
+             f"epoch {epoch + 1}, batch {step} of {steps_per_epoch}")
+    then = (elastic.next_step() if elastic.under_torchelastic() else
+            "run the same command with --resume auto (or --resume) to continue")
+    return f"stopped by SIGTERM at {where}; {rundir.last} holds it; {then}"
 
 
 # --------------------------------------------------------------------------- setup and resume
@@ -245,6 +303,7 @@ def _restore(ckpt: dict, job: Job, ctx: distributed.Context, rundir: RunDir, raw
             raise TrainConfigError(f"--resume: {rundir.last} was written mid-epoch by "
                                    f"{ckpt['world_size']} ranks; resume it with as many")
         torch.manual_seed(job.cfg.seed * 1_000_003 + progress.epoch * 1009 + ctx.rank)
+    rundir.saved = (progress.epoch, progress.step_in_epoch)
     if ctx.is_main:
         rundir.write_history(progress.history)
         print(f"resuming {rundir.out} at epoch {progress.epoch + 1}, batch "

@@ -14,7 +14,7 @@ from .._outdir import (LOCK_NAME, DirectoryBusy, RunLock, is_temp_name, launch_r
                        leftovers_line, remove_leftovers)
 from ..checkpoint import checkpoint_state, load_checkpoint
 from ..errors import TrainConfigError
-from . import distributed
+from . import distributed, elastic
 from .config import FIT_PREFIX, RESUMABLE, SETTING
 
 
@@ -61,31 +61,33 @@ def _listing(out: str) -> str:
     return shown
 
 
-def check_out_dir(out: str, resume: bool, overwrite: bool = False) -> None:
+def check_out_dir(out: str, resume: bool, overwrite: bool = False, verdict: bool = True) -> None:
     """The overwrite rule, checked before anything is written (a bad --out leaves nothing
     behind): --out must be new, empty or a run killed before its first checkpoint (it starts
     again); --resume needs a last.pt to continue; anything else (an unfinished or a finished
     run, files of the user's) is refused, naming what is there, unless --overwrite. Then
-    --out must be writable."""
+    --out must be writable. Without ``verdict`` only the last part: whether the run starts or
+    resumes is decided once every rank is up (:meth:`RunDir.claim`)."""
     d = RunDir(out)
-    if resume and not os.path.isfile(d.last) and not killed_before_first_checkpoint(out):
-        held = _listing(out) if os.path.isdir(out) else ""
-        raise TrainConfigError(f"--resume: {d.last} does not exist (nothing to resume in --out "
-                               f"{out}{'; it holds ' + held if held else ''})")
-    if not resume and not overwrite and os.path.isdir(out) \
-            and not killed_before_first_checkpoint(out):
-        if os.path.exists(d.last):
-            what = (f"a run, finished ({_listing(out)})" if os.path.exists(d.results) else
-                    f"a run, unfinished ({d.last}: {checkpoint_state(d.last)})")
-            hint = "pass --resume to continue it, " if not os.path.exists(d.results) else ""
-        elif any(os.path.exists(p) for p in (d.results, d.best, d.pending)):
-            what = f"the files of a run, without its last.pt ({_listing(out)})"
-            hint = ""
-        else:
-            what = f"files that are not a fastadv run ({_listing(out)})"
-            hint = ""
-        raise TrainConfigError(f"--out {out} already holds {what}; {hint}pass --overwrite to "
-                               "replace it, or choose another --out")
+    if verdict:
+        if resume and not os.path.isfile(d.last) and not killed_before_first_checkpoint(out):
+            held = _listing(out) if os.path.isdir(out) else ""
+            raise TrainConfigError(f"--resume: {d.last} does not exist (nothing to resume in --out "
+                                   f"{out}{'; it holds ' + held if held else ''})")
+        if not resume and not overwrite and os.path.isdir(out) \
+                and not killed_before_first_checkpoint(out):
+            if os.path.exists(d.last):
+                what = (f"a run, finished ({_listing(out)})" if os.path.exists(d.results) else
+                        f"a run, unfinished ({d.last}: {checkpoint_state(d.last)})")
+                hint = "pass --resume to continue it, " if not os.path.exists(d.results) else ""
+            elif any(os.path.exists(p) for p in (d.results, d.best, d.pending)):
+                what = f"the files of a run, without its last.pt ({_listing(out)})"
+                hint = ""
+            else:
+                what = f"files that are not a fastadv run ({_listing(out)})"
+                hint = ""
+            raise TrainConfigError(f"--out {out} already holds {what}; {hint}pass --overwrite to "
+                                   "replace it, or choose another --out")
     if not os.path.exists(out) and os.path.lexists(out):
         raise TrainConfigError(f"--out {out} is a broken symbolic link")
     if os.path.exists(out) and not os.path.isdir(out):
@@ -173,7 +175,7 @@ def _check_config_json(path: str, saved: dict) -> None:
             "settings you want")
 
 
-def check_resumable(saved: dict, cfg) -> None:
+def check_resumable(saved: dict, cfg, auto: bool = False) -> None:
     """A resume runs with the settings the run started with, but for RESUMABLE ones."""
     # A setting the saved run predates (absent from its config) took its default then.
     was = {s.name: saved.get(s.name, s.default) for s in SETTING.values()}
@@ -181,6 +183,10 @@ def check_resumable(saved: dict, cfg) -> None:
     if changed:
         diffs = ", ".join(f"--{k.replace('_', '-')} {was[k]!r} -> {getattr(cfg, k)!r}"
                           for k in changed)
+        if auto:
+            raise TrainConfigError(f"{_AUTO}: --out {cfg.out} holds another run ({diffs}); it "
+                                   "is left as it is: choose another --out (or resume it with "
+                                   "its own settings)")
         raise TrainConfigError(f"--resume: the run in {cfg.out} was started with other "
                                f"settings ({diffs}); resume with the same flags, or start a "
                                "new --out")
@@ -196,6 +202,39 @@ def check_same_data(saved: str | None, now: str | None, cfg) -> None:
     raise TrainConfigError(f"--resume: the data of --dataset {cfg.dataset} changed since "
                            f"the run in {cfg.out} started (files added, removed or "
                            "renamed); restore it, or start a new --out")
+
+
+_AUTO = "--resume auto"
+
+
+def resume_decision(out: str, cfg) -> bool:
+    """--resume auto, and every start of a restarted torchrun job: whether the command
+    resumes the run in ``out`` (its last.pt, if the run's settings are this command's) or
+    starts it (then the overwrite rule applies as to any start). A folder holding another
+    run, or a damaged last.pt, is refused and left as it is."""
+    d = RunDir(out)
+    if not os.path.isfile(d.last):
+        return False
+    try:
+        saved = load_checkpoint(d.last)["config"]
+    except ValueError as exc:
+        raise TrainConfigError(f"{_AUTO}: {exc}. {_damaged_last_advice(d.best)}") from None
+    _check_config_json(d.config, saved)
+    check_resumable(saved, cfg, auto=True)
+    return True
+
+
+def started_by_this_launch(config_path: str) -> bool:
+    """Whether the run's config.json was written by an earlier attempt of this same torchrun
+    job (so a restart of a command with --overwrite must resume it, not replace it)."""
+    launch = elastic.run_id()
+    if launch is None or not os.path.isfile(config_path):
+        return False
+    try:
+        with open(config_path) as f:
+            return json.load(f).get("torchelastic_run_id") == launch
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def settle_pending_best(pending: str, best: str, last_ckpt: dict) -> None:
@@ -234,15 +273,16 @@ class RunDir:
                                                    path("results.json"))
         self.lock_path = path(LOCK_NAME)
         self.lock = RunLock(self.lock_path, f"--out {out}") if launch_rank() == 0 else None
+        self.saved = None  # (epoch, batch) of the last last.pt this process wrote or resumed
 
     # ---- before the process group: refuse early, writing nothing
 
-    def check(self, resume: bool, overwrite: bool = False) -> None:
+    def check(self, resume: bool, overwrite: bool = False, verdict: bool = True) -> None:
         """An existing --out is locked before anything is decided on it (the kernel drops
         the lock when the process dies); then :func:`check_out_dir`."""
         if self.lock is not None and os.path.isdir(self.out):
             _acquire(self.lock)
-        check_out_dir(self.out, resume, overwrite)
+        check_out_dir(self.out, resume, overwrite, verdict)
 
     def release(self) -> None:
         if self.lock is not None:
@@ -250,16 +290,30 @@ class RunDir:
 
     # ---- with every rank up
 
-    def claim(self, ctx: distributed.Context, resume: bool, overwrite: bool = False) -> None:
+    def claim(self, ctx: distributed.Context, cfg, auto: bool = False) -> bool:
         """Rank 0 creates --out, takes its lock (a run that started in the same instant may
-        have it), checks --out again under the lock, removes what killed writes left and,
-        with ``overwrite``, the previous run's files; every rank fails with rank 0's error,
-        so none waits for a rank that stopped."""
-        error = None
+        have it), decides whether the run resumes (``cfg.resume``; with ``auto``, or when
+        torchrun restarted any rank's workers, :func:`resume_decision`), checks --out again
+        under the lock, removes what killed writes left and, with ``cfg.overwrite``, the
+        previous run's files; every rank takes rank 0's decision, or fails with its error,
+        so none waits for a rank that stopped. Returns whether the run resumes."""
+        # An agent restarting for another node's failure keeps its count: any rank's counts.
+        restarted = max(distributed.all_gather(ctx, elastic.restart_count())) > 0
+        resume, overwrite, error = cfg.resume, cfg.overwrite, None
         if ctx.is_main:
             try:
                 os.makedirs(self.out, exist_ok=True)
                 _acquire(self.lock)
+                if restarted and overwrite:
+                    if started_by_this_launch(self.config):  # this job's run: carry it on
+                        overwrite, auto = False, True
+                    else:
+                        print(f"torchrun restart: --overwrite replaces --out {self.out} (no "
+                              "earlier attempt of this job started a run there; a job whose "
+                              "--rdzv-id is the default 'none' cannot tell, give it a unique "
+                              "one)")
+                if (auto or restarted) and not resume and not overwrite:
+                    resume = resume_decision(self.out, cfg)
                 check_out_dir(self.out, resume, overwrite)
                 count, size = remove_leftovers(self.out, set(OWN_FILES))
                 if count:
@@ -270,23 +324,24 @@ class RunDir:
                         print(f"--overwrite: removed {', '.join(removed)} from {self.out}")
             except TrainConfigError as exc:
                 error = str(exc)
-        error = distributed.all_gather(ctx, error)[0]
+        error, resume = distributed.all_gather(ctx, (error, resume))[0]
         if error is not None:
             raise TrainConfigError(error)
+        return resume
 
-    def checkpoint_to_resume(self, cfg, ctx: distributed.Context,
-                             fingerprint: str | None) -> dict | None:
+    def checkpoint_to_resume(self, cfg, ctx: distributed.Context, fingerprint: str | None,
+                             resume: bool) -> dict | None:
         """last.pt when the run resumes (checked against ``cfg`` and the data's
         ``fingerprint``; a pending best settled), or None when it starts: also on --resume of
         a run killed before its first checkpoint, whose config.json must then agree."""
-        if cfg.resume and killed_before_first_checkpoint(self.out):
+        if resume and killed_before_first_checkpoint(self.out):
             if os.path.exists(self.config):  # absent when killed before writing it
                 with open(self.config) as f:
                     check_resumable(json.load(f), cfg)
             if ctx.is_main:
                 print(f"no {self.last} yet: starting the run in {self.out} from the beginning")
             return None
-        if not cfg.resume:
+        if not resume:
             return None
         try:
             ckpt = load_checkpoint(self.last)  # on the CPU: RNG states must stay there

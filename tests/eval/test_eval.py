@@ -22,8 +22,7 @@ from fastadv.eval.attacks import AttackError
 from fastadv.eval.cli import main
 from fastadv.eval.curve import eps_grid
 from fastadv.eval.sanity import Evidence, black_box_weaker, doubling, iterative_vs_single_step
-from fastadv.train.cli import main as train_main
-from helpers import same_report
+from helpers import same_report, trained_checkpoint
 
 ALL_CHECKS = ["iterative-vs-single-step", "more-steps", "more-restarts", "eps-monotone",
               "large-eps", "black-box-weaker", "input-gradients", "perturbation-bounds"]
@@ -32,23 +31,9 @@ FAST = dict(steps=10, restarts=2, square_queries=100, batch_size=48, sanity_exam
             curve_steps=10, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions on a shared 2-core machine: one thread is ~20x faster than two
-    fighting other processes for the cores (OpenMP barriers spin)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, one_thread):
-    """best.pt of a real (standard, non-robust) training run on digits."""
-    out = tmp_path_factory.mktemp("eval") / "run"
-    assert train_main(["--dataset", "digits", "--width", "1", "--method", "standard",
-                       "--epochs", "3", "--no-progress", "--out", str(out)]) == 0
-    return str(out / "best.pt")
+    return trained_checkpoint(tmp_path_factory.mktemp("eval"), epochs=3)
 
 
 @pytest.fixture(scope="module")

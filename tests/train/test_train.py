@@ -437,16 +437,33 @@ def test_unwritable_out_and_missing_data_write_nothing(tmp_path):
 
 def test_only_bad_input_becomes_exit_2_other_errors_keep_their_traceback(tmp_path, monkeypatch,
                                                                           capsys):
-    from fastadv.train import TrainConfigError, cli
+    from fastadv.train import PeerLost, RunStopped, TrainConfigError, cli
 
     def fails_with(exc):
-        def train(cfg):
+        def train(cfg, auto_resume=False):
             raise exc
         return train
 
     monkeypatch.setattr(cli, "train", fails_with(TrainConfigError("--batch-size too big")))
     assert main([*FAST, "--out", str(tmp_path / "a")]) == 2
     assert "error: --batch-size too big" in capsys.readouterr().err
+    # Ends on purpose, non-zero (torchrun restarts a group only when a worker fails).
+    monkeypatch.setattr(cli, "train", fails_with(RunStopped("stopped by SIGTERM at ...")))
+    assert main([*FAST, "--out", str(tmp_path / "a")]) == 143
+    assert capsys.readouterr().err == "python -m fastadv.train: stopped by SIGTERM at ...\n"
+    try:
+        raise RuntimeError("Connection reset by peer")
+    except RuntimeError:
+        try:
+            raise PeerLost("rank 0 (h): lost rank 1 (h, pid 7)") from None
+        except PeerLost as exc:
+            lost = exc
+    monkeypatch.setattr(cli, "train", fails_with(lost))
+    assert main([*FAST, "--out", str(tmp_path / "a")]) == 4
+    assert capsys.readouterr().err == ("python -m fastadv.train: error: rank 0 (h): lost rank 1 "
+                                       "(h, pid 7)\n")
+    with pytest.raises(RuntimeError, match="Connection reset"):  # --debug: the transport's
+        main([*FAST, "--out", str(tmp_path / "a"), "--debug"])
     monkeypatch.setattr(cli, "train", fails_with(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
         main([*FAST, "--out", str(tmp_path / "b")])

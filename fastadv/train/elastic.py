@@ -1,0 +1,137 @@
+"""Runs that a scheduler stops and starts again: which attempt of a ``torchrun`` job this
+is, a SIGTERM (preemption, or torchrun stopping the survivors of a failed worker) turned
+into a stop at the next batch boundary that every rank agrees on, and the two ways a run
+ends early on purpose: :class:`RunStopped` (exit 143) and :class:`PeerLost` (exit 4).
+
+torchrun's agent restarts every worker with the same command line when one fails
+(``--max-restarts``); each restart sees ``TORCHELASTIC_RESTART_COUNT > 0`` in at least one
+rank (an agent restarting for another node's failure keeps its own count), and the run
+directory then resumes the run by itself (:meth:`~fastadv.train.rundir.RunDir.claim`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+# A worker that ends on purpose exits non-zero, or torchrun would count the group as
+# finished: 128 + SIGTERM, as if the signal had ended it; and 4 for a lost peer.
+STOPPED_EXIT, PEER_LOST_EXIT = 128 + signal.SIGTERM, 4
+
+
+class RunStopped(Exception):
+    """The run stopped at a batch boundary on SIGTERM, with its last.pt written there."""
+
+
+class PeerLost(Exception):
+    """Another rank of the process group died or stopped answering; the message is the one
+    line every survivor prints (who was lost, and what happens next)."""
+
+
+def restart_count() -> int:
+    """How many times this rank's torchrun agent has restarted its workers (0 outside
+    torchrun, or when this agent restarted only because another node's worker failed)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def max_restarts() -> int:
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+
+
+def run_id() -> str | None:
+    """torchrun's job id (``--rdzv-id``; a fresh uuid under ``--standalone``), or None when
+    there is none that tells two launches apart (outside torchrun, or the default "none")."""
+    value = os.environ.get("TORCHELASTIC_RUN_ID")
+    return None if value in (None, "", "none") else value
+
+
+def under_torchelastic() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def next_step() -> str:
+    """What follows a rank's failure, as far as this rank's agent knows."""
+    count, most = restart_count(), max_restarts()
+    if under_torchelastic() and count < most:
+        return (f"torchrun restarts the workers (restart {count + 1} of {most}) and the run "
+                "resumes by itself")
+    if under_torchelastic():
+        return ("no torchrun restarts left: the job ends; run the same command with "
+                "--resume auto to continue")
+    return "run the same command with --resume auto to continue"
+
+
+class StopSignal:
+    """SIGTERM sets :attr:`requested` instead of ending the process, so the loop can write
+    last.pt at the next batch boundary (torchrun and Slurm send SIGKILL 30 s later). Installed
+    only from the main thread, and the previous handler is put back on exit: ``fastadv.fit``
+    is a library call in someone else's process."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+class StopVote:
+    """Every rank stops at the same batch boundary once any rank got SIGTERM. The vote is a
+    MAX all-reduce of each rank's flag on a gloo group of its own (no CUDA synchronisation),
+    issued at one boundary and read at the next, so no rank waits for it: a stop lands one
+    batch after the signal. :meth:`drain` settles the outstanding vote, before anything else
+    talks between ranks at an epoch's end and before the group closes."""
+
+    def __init__(self, signal_: StopSignal, group=None, distributed: bool = False,
+                 device: torch.device | None = None):
+        self._signal, self._group, self._distributed = signal_, group, distributed
+        # On the default group (a caller's own, maybe NCCL), the vote's tensor is the rank's.
+        self._flag = torch.zeros(1, dtype=torch.int32,
+                                 device="cpu" if group is not None else device)
+        self._work = None
+
+    def poll(self) -> bool:
+        """At a batch boundary: whether every rank stops here (the previous vote's result),
+        after casting this boundary's vote."""
+        if not self._distributed:
+            return self._signal.requested
+        stop = self.drain()
+        if not stop:
+            self._flag.fill_(int(self._signal.requested))
+            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group,
+                                         async_op=True)
+        return stop
+
+    def settle(self) -> bool:
+        """At an epoch's end, once its last.pt is written: whether any rank got SIGTERM by
+        now (the outstanding vote, then one more, waited for)."""
+        stop = self.drain()
+        if stop or not self._distributed:
+            return stop
+        self._flag.fill_(int(self._signal.requested))
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(self._flag.item())
+
+    def drain(self) -> bool:
+        """Waits for the outstanding vote; whether it says stop (a single process: whether
+        SIGTERM came)."""
+        if not self._distributed:
+            return self._signal.requested
+        if self._work is None:
+            return False
+        work, self._work = self._work, None
+        work.wait()
+        return bool(self._flag.item())
