@@ -27,6 +27,16 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is too large for a float") from None
 
 
+AUTO = "auto"  # --resume auto: continue the run or evaluation there is, else start it
+
+
+def resume_arg(text: str) -> str:
+    """--resume's optional value (train and eval): only ``auto``."""
+    if text != AUTO:
+        raise argparse.ArgumentTypeError(f"the only value --resume takes is auto, got {text!r}")
+    return text
+
+
 def write_failure(exc: OSError) -> str:
     """One line for an OSError: 'cannot write FILE: why' (errno text) for a failed write,
     'FILE: why' for any other."""

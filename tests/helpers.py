@@ -1,6 +1,7 @@
 """Shared test helpers: data builders, layouts and an exact/ulp comparison that names the
 first mismatching element."""
 
+import contextlib
 import json
 
 import torch
@@ -89,6 +90,18 @@ def same_report(a_path, b_path):
         {k: v["robust_acc"] for k, v in b["attacks"].items()}
     assert [(c["name"], c["status"], c["values"]) for c in a["sanity"]["checks"]] == \
         [(c["name"], c["status"], c["values"]) for c in b["sanity"]["checks"]]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside (tiny convolutions on a shared 2-core
+    machine: one thread is ~20x faster than two fighting other processes for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def trained_checkpoint(folder, epochs: int) -> str:

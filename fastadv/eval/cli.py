@@ -24,7 +24,7 @@ from ..data import (DATASETS, DatasetNotFoundError, DownloadError, is_dataset, l
                     normalize_dataset)
 from ..data import folder as folder_data
 from ..data.folder_sources import folder_sources
-from ..cli_common import MAX_COUNT, MAX_SEED, number, write_failure
+from ..cli_common import AUTO, MAX_COUNT, MAX_SEED, number, resume_arg, write_failure
 from ..train.elastic import restart_count, run_id
 from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, AttackSettings,
                       MissingDependency, check_attacks, torchattacks)
@@ -34,16 +34,6 @@ from .report import EvalReport, fmt_eps
 from .store import recorded_run_id
 
 PROG = "python -m fastadv.eval"
-AUTO = "auto"  # --resume auto
-
-
-def resume_arg(text: str) -> str:
-    """--resume's optional value: only ``auto``."""
-    if text != AUTO:
-        raise argparse.ArgumentTypeError(f"the only value --resume takes is auto, got {text!r}")
-    return text
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,

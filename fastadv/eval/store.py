@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import check_digest, save_checked
+from ..train.elastic import run_id
 
 FORMAT = "fastadv-eval-partial/2"  # /2: a unit per attack per batch
 RUN_ID = "torchelastic_run_id"  # optional: files written before it was recorded still load
@@ -52,7 +53,7 @@ class Store:
 
     def __init__(self, path: str | None, settings: dict, resume: bool):
         self.path, self.settings, self.units = path, settings, {}
-        self.run_id = _torchelastic_run_id()
+        self.run_id = run_id()
         if path is None:
             if resume:
                 raise ValueError("resume needs a state file (the CLI's --json OUT.json keeps "
@@ -113,11 +114,3 @@ def recorded_run_id(path: str) -> str | None:
         return None
     value = state.get(RUN_ID) if isinstance(state, dict) else None
     return value if isinstance(value, str) else None
-
-
-def _torchelastic_run_id() -> str | None:
-    # Imported here: fastadv.eval loads while the fastadv package is still importing, before
-    # fastadv.train, so a module-level import would tie their import order together.
-    from ..train.elastic import run_id
-
-    return run_id()

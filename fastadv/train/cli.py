@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     flags = cli_parser().parse_known_args(argv)[0]
     debug = flags.debug
     try:
-        summary = train(cfg, auto_resume=flags.resume == "auto")
+        summary = train(cfg, auto_resume=flags.resume == "auto", pass_on_sigterm=False)
     except RunStopped as exc:
         print(f"python -m fastadv.train: {exc}", file=sys.stderr)
         return STOPPED_EXIT

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..attacks.core import PRECISIONS as ATTACK_PRECISIONS
-from ..cli_common import MAX_COUNT, MAX_SEED, number
+from ..cli_common import MAX_COUNT, MAX_SEED, number, resume_arg
 from ..data import DATASETS, MNIST_FORMAT, is_dataset, normalize_dataset
 from ..data.folder import AUGMENTS, PREFIX as FOLDER_PREFIX, is_folder_name
 from ..data.idx import PREFIX as IDX_PREFIX
@@ -80,13 +80,6 @@ def dataset_defaults(dataset: str) -> dict:
     if is_folder_name(dataset):
         return DATASET_DEFAULTS[FOLDER_PREFIX + "PATH"]
     return DATASET_DEFAULTS[dataset]
-
-
-def resume_arg(text: str) -> str:
-    """--resume's optional value: only ``auto``."""
-    if text != "auto":
-        raise argparse.ArgumentTypeError(f"the only value --resume takes is auto, got {text!r}")
-    return text
 
 
 def dataset_arg(text: str) -> str:

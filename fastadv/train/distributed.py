@@ -23,7 +23,6 @@ class Context:
     world_size: int
     device: torch.device
     owns_group: bool = False  # the group was started here (a caller's is left to the caller)
-    side_group: object = None  # gloo, for the stop vote: no CUDA synchronisation
     peers: list = field(default_factory=list)  # each rank's (host, pid), for a lost-peer line
     launch: str = ""  # one id per group, for the roll call's keys
     agent_store: object = None  # torchrun's key-value store: it outlives every worker
@@ -47,41 +46,47 @@ def setup(device: str | None, timeout: float = 600) -> Context:
         dev = resolve_device(device)
     except ValueError as exc:
         raise TrainConfigError(str(exc)) from None
+    wait = timedelta(seconds=timeout)
     if world_size == 1:
-        return Context(0, 1, dev)
+        return Context(0, 1, dev, agent_store=agent_store(wait))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     owns_group = not dist.is_initialized()
-    wait = timedelta(seconds=timeout)
-    agent_store = side_group = None
+    shared = agent_store(wait)
     if owns_group:
-        store, agent_store = _attempt_store(wait)
+        store = _attempt_store(shared, wait)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=wait,
                                 **({} if store is None else dict(
                                     store=dist.PrefixStore("fastadv", store),
                                     rank=int(os.environ["RANK"]), world_size=world_size)))
-        # A caller's group is the caller's: the stop vote then runs on it.
-        side_group = dist.new_group(backend="gloo", timeout=wait)
     peers = [None] * dist.get_world_size()
     dist.all_gather_object(peers, (socket.gethostname(), os.getpid(), uuid.uuid4().hex))
-    return Context(dist.get_rank(), dist.get_world_size(), dev, owns_group, side_group,
-                   [p[:2] for p in peers], peers[0][2], agent_store)
+    return Context(dist.get_rank(), dist.get_world_size(), dev, owns_group,
+                   [p[:2] for p in peers], peers[0][2], shared)
 
 
-def _attempt_store(wait: timedelta):
-    """(a key-value store of this attempt's own, torchrun's shared store) under torchrun's
-    shared store, else (None, None): env:// as usual. The agent keeps one store for every
-    attempt of a job, and gloo and NCCL find their peers' addresses in it, so after a restart
-    a rank may read a dead attempt's address and fail to connect (pytorch/pytorch#135712).
-    Rank 0 hosts a fresh store and posts its port with a nonce; the others retry until the
-    port they read answers with that nonce (a stale one refuses, or names another)."""
+def agent_store(wait: timedelta):
+    """A client of the key-value store torchrun's agent keeps for the whole job (it outlives
+    every worker), or None outside torchrun or when the agent keeps none for its workers."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return None, None
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        return None
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                         int(os.environ["WORLD_SIZE"]), is_master=False, timeout=wait)
+
+
+def _attempt_store(shared, wait: timedelta):
+    """A key-value store of this attempt's own under torchrun's shared store ``shared``, else
+    None: env:// as usual. The agent keeps one store for every attempt of a job, and gloo and
+    NCCL find their peers' addresses in it, so after a restart a rank may read a dead
+    attempt's address and fail to connect (pytorch/pytorch#135712). Rank 0 hosts a fresh
+    store and posts its port with a nonce; the others retry until the port they read answers
+    with that nonce (a stale one refuses, or names another)."""
+    if shared is None:
+        return None
+    host = os.environ["MASTER_ADDR"]
     world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    shared = dist.TCPStore(host, port, world_size, is_master=False, timeout=wait)
     key = "fastadv/attempt-store"
     if rank == 0:
         own = dist.TCPStore(host, 0, world_size, is_master=True, timeout=wait,
@@ -89,7 +94,7 @@ def _attempt_store(wait: timedelta):
         nonce = uuid.uuid4().hex
         own.set("nonce", nonce)
         shared.set(key, f"{own.port} {nonce}")
-        return own, shared
+        return own
     deadline = time.monotonic() + wait.total_seconds()
     while True:
         own_port, nonce = shared.get(key).decode().split()
@@ -99,7 +104,7 @@ def _attempt_store(wait: timedelta):
                                 timeout=timedelta(seconds=2))
             if own.get("nonce").decode() == nonce:
                 own.set_timeout(wait)
-                return own, shared
+                return own
         except (OSError, RuntimeError, ValueError):  # a dead attempt's port, or not there yet
             pass
         if time.monotonic() > deadline:
@@ -114,23 +119,23 @@ def teardown(ctx: Context, *, clean: bool) -> None:
             dist.barrier()
         if ctx.owns_group:  # fastadv.fit under a caller's own group: theirs to close
             dist.destroy_process_group()
-        elif ctx.side_group is not None:
-            dist.destroy_process_group(ctx.side_group)
 
 
-# What gloo and NCCL say when the other end of a collective is gone.
+# What gloo and NCCL say when the other end of a collective is gone ("timed out" only from
+# gloo itself: a DataLoader or a CUDA launch times out too).
 _TRANSPORT_FAILURES = ("connection closed by peer", "connection reset by peer", "broken pipe",
-                       "timed out", "timeout", "socket closed", "nccl communicator was aborted",
-                       "connection refused", "end of file")
+                       "connection refused", "socket closed", "nccl communicator was aborted")
 
 
 def is_peer_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective failing because another rank is gone."""
-    if isinstance(exc, getattr(dist, "DistNetworkError", ())) or \
-            isinstance(exc, getattr(dist, "DistBackendError", ())):
+    """Whether ``exc`` may be a collective failing because another rank is gone (the roll
+    call then tells: a rank that answers was not lost)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
         return True
-    return isinstance(exc, RuntimeError) and any(
-        text in str(exc).lower() for text in _TRANSPORT_FAILURES)
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        any(failure in text for failure in _TRANSPORT_FAILURES)
+        or ("timed out" in text and "gloo" in text))
 
 
 def transport_reason(exc: BaseException) -> str:
@@ -141,7 +146,10 @@ def transport_reason(exc: BaseException) -> str:
     return text.split(". ")[0].strip()
 
 
-def roll_call(ctx: Context, wait: float = 3.0) -> list[int] | None:
+ROLL_CALL_SECONDS = 10  # well inside torchrun's 30 s between its SIGTERM and SIGKILL
+
+
+def roll_call(ctx: Context, wait: float = ROLL_CALL_SECONDS) -> list[int] | None:
     """The ranks that did not answer within ``wait`` seconds, each survivor leaving its mark
     in torchrun's key-value store (which outlives the workers); None when the store itself is
     gone (the rendezvous host was lost)."""

@@ -53,13 +53,14 @@ def under_torchelastic() -> bool:
 
 
 def next_step() -> str:
-    """What follows a rank's failure, as far as this rank's agent knows."""
+    """What follows a rank's failure, as far as this machine's torchrun agent knows (on
+    several machines, the agent whose worker failed counts the restart)."""
     count, most = restart_count(), max_restarts()
     if under_torchelastic() and count < most:
-        return (f"torchrun restarts the workers (restart {count + 1} of {most}) and the run "
-                "resumes by itself")
+        return (f"torchrun restarts the workers (this machine's restart {count + 1} of "
+                f"{most}) and the run resumes by itself")
     if under_torchelastic():
-        return ("no torchrun restarts left: the job ends; run the same command with "
+        return ("no torchrun restarts left here: the job ends; run the same command with "
                 "--resume auto to continue")
     return "run the same command with --resume auto to continue"
 
@@ -68,66 +69,67 @@ class StopSignal:
     """SIGTERM sets :attr:`requested` instead of ending the process, so the loop can write
     last.pt at the next batch boundary (torchrun and Slurm send SIGKILL 30 s later). Installed
     only from the main thread, and the previous handler is put back on exit: ``fastadv.fit``
-    is a library call in someone else's process."""
+    is a library call in someone else's process. With ``pass_on``, a SIGTERM the run did not
+    stop for (it came during the final report) is delivered again once the previous handler
+    is back, so the caller's process still gets it."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+    def __init__(self, pass_on: bool = True):
+        self.requested, self.pass_on = False, pass_on
+        self.stopped = False  # the run stopped for it (RunStopped): nothing to pass on
+        self._installed, self._previous = False, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            # None: the previous handler was not installed from Python; the default stands in.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None
+                          else self._previous)
+            if self.requested and not self.stopped and self.pass_on:
+                os.kill(os.getpid(), signal.SIGTERM)
         return False
 
 
 class StopVote:
     """Every rank stops at the same batch boundary once any rank got SIGTERM. The vote is a
-    MAX all-reduce of each rank's flag on a gloo group of its own (no CUDA synchronisation),
-    issued at one boundary and read at the next, so no rank waits for it: a stop lands one
-    batch after the signal. :meth:`drain` settles the outstanding vote, before anything else
-    talks between ranks at an epoch's end and before the group closes."""
+    MAX all-reduce of each rank's flag, issued at one boundary and read at the next, so a
+    stop lands one batch after the signal and no rank waits on it (on a GPU, the CPU runs at
+    most one batch ahead of the device). It goes over the run's own process group, in the
+    same order on every rank as the group's other collectives; :meth:`settle` waits for the
+    outstanding one, at an epoch's end."""
 
-    def __init__(self, signal_: StopSignal, group=None, distributed: bool = False,
-                 device: torch.device | None = None):
-        self._signal, self._group, self._distributed = signal_, group, distributed
-        # On the default group (a caller's own, maybe NCCL), the vote's tensor is the rank's.
-        self._flag = torch.zeros(1, dtype=torch.int32,
-                                 device="cpu" if group is not None else device)
+    def __init__(self, signal_: StopSignal, distributed: bool, device: torch.device):
+        self._signal, self._distributed = signal_, distributed
+        self._flag = torch.zeros(1, dtype=torch.int32, device=device)
         self._work = None
 
     def poll(self) -> bool:
         """At a batch boundary: whether every rank stops here (the previous vote's result),
         after casting this boundary's vote."""
-        if not self._distributed:
-            return self._signal.requested
-        stop = self.drain()
-        if not stop:
+        stop = self._wait()
+        if not stop and self._distributed:
             self._flag.fill_(int(self._signal.requested))
-            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group,
-                                         async_op=True)
+            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, async_op=True)
         return stop
 
     def settle(self) -> bool:
         """At an epoch's end, once its last.pt is written: whether any rank got SIGTERM by
         now (the outstanding vote, then one more, waited for)."""
-        stop = self.drain()
-        if stop or not self._distributed:
-            return stop
-        self._flag.fill_(int(self._signal.requested))
-        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(self._flag.item())
+        stop = self._wait()
+        if not stop and self._distributed:
+            self._flag.fill_(int(self._signal.requested))
+            dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
+            stop = bool(self._flag.item())
+        return stop
 
-    def drain(self) -> bool:
-        """Waits for the outstanding vote; whether it says stop (a single process: whether
-        SIGTERM came)."""
+    def _wait(self) -> bool:
         if not self._distributed:
             return self._signal.requested
         if self._work is None:

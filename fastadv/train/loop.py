@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import FORMAT, rng_state, save_checked, set_rng_state
 from . import distributed, elastic
-from .config import TrainConfig, TrainConfigError, check, check_setup
+from .config import (TrainConfig, TrainConfigError, check, check_resume_or_overwrite,
+                     check_setup)
 from .divergence import DivergenceGuard, non_finite_tensors
 from .job import Job, job_from_config
 from .meter import EpochMeter, Progress
@@ -36,21 +37,27 @@ from .stall import chance_accuracy, stall_warning, stalled_record
 from .validation import clean_and_robust_accuracy
 
 
-def train(cfg: TrainConfig, auto_resume: bool = False) -> dict:
+def train(cfg: TrainConfig, auto_resume: bool = False, pass_on_sigterm: bool = True) -> dict:
     """Runs (or resumes) the training described by ``cfg`` (checked first: a bad value raises
     TrainConfigError naming its flag, before anything is written); returns the final summary.
-    ``auto_resume``: ``--resume auto`` (resume the run in ``cfg.out`` if it is this one)."""
-    return launch(cfg, lambda ctx: job_from_config(cfg, ctx), auto_resume)
+    ``auto_resume``: ``--resume auto`` (resume the run in ``cfg.out`` if it is this one).
+    ``pass_on_sigterm``: see :func:`launch`."""
+    return launch(cfg, lambda ctx: job_from_config(cfg, ctx), auto_resume, pass_on_sigterm)
 
 
 def launch(cfg: TrainConfig, make_job: Callable[[distributed.Context], Job],
-           auto_resume: bool = False) -> dict:
+           auto_resume: bool = False, pass_on_sigterm: bool = True) -> dict:
     """The run directory's lock, the process group, and :func:`run` of the job ``make_job``
     builds (after the group is up: the job's model and data live on the rank's device).
     SIGTERM stops the run at the next batch boundary with last.pt written
     (:class:`~fastadv.train.elastic.RunStopped`); a rank lost under torchrun is reported as
-    :class:`~fastadv.train.elastic.PeerLost`, one line, instead of the transport's error."""
+    :class:`~fastadv.train.elastic.PeerLost`, one line, instead of the transport's error.
+    A SIGTERM that comes after the last batch is delivered again on return when
+    ``pass_on_sigterm`` (a library call: the caller's process was asked to end), and
+    dropped otherwise (the command line, which ends anyway)."""
     check(cfg)
+    if auto_resume:
+        check_resume_or_overwrite(True, cfg.overwrite)
     rundir = RunDir(cfg.out)
     try:
         # A restarted torchrun worker may resume a run another rank's count reveals: the
@@ -60,11 +67,12 @@ def launch(cfg: TrainConfig, make_job: Callable[[distributed.Context], Job],
         ctx = distributed.setup(cfg.device, cfg.dist_timeout)
         # Installed until the group is closed: torchrun's SIGTERM to the survivors of a lost
         # rank must not end them before they have said which rank it was.
-        with elastic.StopSignal() as stop:
+        with elastic.StopSignal(pass_on_sigterm) as stop:
             try:
                 check_setup(cfg, ctx.device, ctx.world_size, ctx.distributed)
                 summary = run(make_job(ctx), ctx, rundir, stop, auto_resume)
             except elastic.RunStopped:
+                stop.stopped = True
                 distributed.teardown(ctx, clean=True)  # every rank stopped at one boundary
                 raise
             except BaseException as exc:
@@ -147,8 +155,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
         if path == rundir.last:
             rundir.saved = (progress.epoch, progress.step_in_epoch)
 
-    vote = elastic.StopVote(stop or elastic.StopSignal(), ctx.side_group, ctx.distributed,
-                            device)
+    vote = elastic.StopVote(stop or elastic.StopSignal(), ctx.distributed, device)
     local_batch = cfg.batch_size // ctx.world_size
     chance = chance_accuracy(job.train.labels(cfg.eval_examples))
     ramp_steps = cfg.eps_warmup * steps_per_epoch
@@ -248,7 +255,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
                 tqdm.write(epoch_line(record, cfg.epochs))
             if warning:
                 tqdm.write(f"warning: {warning}", file=sys.stderr)
-        if vote.settle() and epoch + 1 < cfg.epochs:
+        if vote.settle() and epoch + 1 < cfg.epochs:  # the last one ends with the report
             raise elastic.RunStopped(_stopped_line(rundir, epoch, steps_per_epoch,
                                                    steps_per_epoch))
     _check_ranks_agree(ctx, raw)

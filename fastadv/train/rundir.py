@@ -292,11 +292,15 @@ class RunDir:
 
     def claim(self, ctx: distributed.Context, cfg, auto: bool = False) -> bool:
         """Rank 0 creates --out, takes its lock (a run that started in the same instant may
-        have it), decides whether the run resumes (``cfg.resume``; with ``auto``, or when
-        torchrun restarted any rank's workers, :func:`resume_decision`), checks --out again
-        under the lock, removes what killed writes left and, with ``cfg.overwrite``, the
-        previous run's files; every rank takes rank 0's decision, or fails with its error,
-        so none waits for a rank that stopped. Returns whether the run resumes."""
+        have it), decides whether the run resumes, checks --out again under the lock, removes
+        what killed writes left and, with ``cfg.overwrite``, the previous run's files; every
+        rank takes rank 0's decision, or fails with its error, so none waits for a rank that
+        stopped. Returns whether the run resumes.
+
+        The run resumes with ``cfg.resume``; with ``auto`` (``--resume auto``) or on a
+        torchrun restart of a job that claimed this --out before, when last.pt is this run
+        (:func:`resume_decision`). A restart whose earlier attempts never got this far (they
+        were refused, say) is decided as a first start."""
         # An agent restarting for another node's failure keeps its count: any rank's counts.
         restarted = max(distributed.all_gather(ctx, elastic.restart_count())) > 0
         resume, overwrite, error = cfg.resume, cfg.overwrite, None
@@ -304,16 +308,15 @@ class RunDir:
             try:
                 os.makedirs(self.out, exist_ok=True)
                 _acquire(self.lock)
-                if restarted and overwrite:
-                    if started_by_this_launch(self.config):  # this job's run: carry it on
-                        overwrite, auto = False, True
-                    else:
-                        print(f"torchrun restart: --overwrite replaces --out {self.out} (no "
-                              "earlier attempt of this job started a run there; a job whose "
-                              "--rdzv-id is the default 'none' cannot tell, give it a unique "
-                              "one)")
-                if (auto or restarted) and not resume and not overwrite:
-                    resume = resume_decision(self.out, cfg)
+                ours = restarted and self._claimed_by_this_job(ctx)
+                if restarted and overwrite and not ours and elastic.run_id() is None \
+                        and ctx.agent_store is None:
+                    print(f"torchrun restart: --overwrite replaces --out {self.out} again (a "
+                          "job whose --rdzv-id is 'none' cannot tell its own run from the "
+                          "one it replaced: give it a unique --rdzv-id)")
+                if ours or (auto and not resume):
+                    resume = resume or resume_decision(self.out, cfg)
+                    overwrite = overwrite and not resume  # only the files of fastadv's names
                 check_out_dir(self.out, resume, overwrite)
                 count, size = remove_leftovers(self.out, set(OWN_FILES))
                 if count:
@@ -322,12 +325,31 @@ class RunDir:
                     removed = remove_own_files(self.out)
                     if removed:
                         print(f"--overwrite: removed {', '.join(removed)} from {self.out}")
+                self._mark_claimed(ctx)
             except TrainConfigError as exc:
                 error = str(exc)
         error, resume = distributed.all_gather(ctx, (error, resume))[0]
         if error is not None:
             raise TrainConfigError(error)
         return resume
+
+    def _claim_key(self) -> str:
+        return f"fastadv/claimed/{os.path.abspath(self.out)}"
+
+    def _claimed_by_this_job(self, ctx: distributed.Context) -> bool:
+        """Whether an earlier attempt of this torchrun job claimed --out: a mark in
+        torchrun's key-value store, which lives as long as the job; without that store, the
+        job id its config.json records."""
+        if ctx.agent_store is not None:
+            try:
+                return ctx.agent_store.check([self._claim_key()])
+            except RuntimeError:  # the store is gone with its host: ask config.json
+                pass
+        return started_by_this_launch(self.config)
+
+    def _mark_claimed(self, ctx: distributed.Context) -> None:
+        if ctx.agent_store is not None:
+            ctx.agent_store.set(self._claim_key(), "1")
 
     def checkpoint_to_resume(self, cfg, ctx: distributed.Context, fingerprint: str | None,
                              resume: bool) -> dict | None:

@@ -22,13 +22,19 @@ from fastadv.eval.attacks import AttackError
 from fastadv.eval.cli import main
 from fastadv.eval.curve import eps_grid
 from fastadv.eval.sanity import Evidence, black_box_weaker, doubling, iterative_vs_single_step
-from helpers import same_report, trained_checkpoint
+from helpers import same_report, torch_threads, trained_checkpoint
 
 ALL_CHECKS = ["iterative-vs-single-step", "more-steps", "more-restarts", "eps-monotone",
               "large-eps", "black-box-weaker", "input-gradients", "perturbation-bounds"]
 # Small budgets: the point is the tool's behaviour, in seconds on two CPU cores.
 FAST = dict(steps=10, restarts=2, square_queries=100, batch_size=48, sanity_examples=96,
             curve_steps=10, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,19 @@ import torch
 
 from fastadv.eval import store
 from fastadv.eval.cli import main
-from helpers import same_report, trained_checkpoint
+from helpers import same_report, torch_threads, trained_checkpoint
 
 # Tiny budgets: the behaviour of the command is the point, in seconds on two CPU cores.
 EVAL = ["--n-examples", "64", "--batch-size", "8", "--attacks", "fgsm,pgd", "--steps", "5",
         "--restarts", "2", "--sanity-examples", "32", "--curve-steps", "4", "--no-progress"]
 ELASTIC_ENV = ("WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID")
 JOB = "job-1"  # the torchrun run id the killed evaluation's partial file records
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 
+from fastadv._outdir import LOCK_NAME
 from fastadv.checkpoint import load_checkpoint
 from test_faults import TINY, assert_same_run
 from test_train import run_cli
@@ -118,7 +119,7 @@ def test_a_lost_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_pat
     if sig == "SIGKILL":  # one line on the survivor, no transport traceback
         lines = [line for line in survivor.splitlines() if "lost rank 1" in line]
         assert len(lines) == 1, survivor[-3000:]
-        assert "torchrun restarts the workers (restart 1 of 1)" in lines[0]
+        assert "torchrun restarts the workers (this machine's restart 1 of 1)" in lines[0]
         assert not any(t in survivor for t in TRANSPORT[1:]) and "Traceback" not in survivor
     else:  # both ranks stop at the same boundary, last.pt written there
         stopped = [next(line for line in logs_of(logs, 0, r).splitlines()
@@ -206,6 +207,26 @@ def test_two_machines_one_loses_its_worker_and_the_run_ends_as_if_uninterrupted(
     assert [agent.returncode for agent in agents] == [0, 0], texts[0][-2000:] + texts[1][-2000:]
     assert 0 < done < STEPS
     assert_same_run(whole, out)
+
+
+def test_a_restart_after_a_refusal_is_refused_again(tmp_path):
+    """--out holds another, unfinished run of the same flags: the first attempt refuses it,
+    and so does the restart (a restart resumes only the run its own job claimed)."""
+    out, logs = str(tmp_path / "run"), tmp_path / "logs"
+    proc = subprocess.Popen([sys.executable, "-m", "fastadv.train", *ARGS, "--out", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    signal_mid_run(proc, out, random.Random("refused"), signal.SIGKILL, target=proc,
+                   spread=0.2)
+    proc.wait(timeout=60)
+    files = lambda: {n: os.path.getmtime(os.path.join(out, n))  # noqa: E731
+                     for n in os.listdir(out) if n != LOCK_NAME}
+    before = files()
+    result = subprocess.run([*standalone(logs, 1), "-m", "fastadv.train", *ARGS, "--out", out],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode != 0
+    for attempt in (0, 1):
+        assert "already holds a run, unfinished" in logs_of(logs, attempt, 0)
+    assert files() == before
 
 
 def test_no_restarts_left_is_one_line_naming_the_command_to_resume(tmp_path, whole):

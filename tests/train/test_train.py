@@ -440,7 +440,7 @@ def test_only_bad_input_becomes_exit_2_other_errors_keep_their_traceback(tmp_pat
     from fastadv.train import PeerLost, RunStopped, TrainConfigError, cli
 
     def fails_with(exc):
-        def train(cfg, auto_resume=False):
+        def train(cfg, **how):  # auto_resume, pass_on_sigterm
             raise exc
         return train
 
