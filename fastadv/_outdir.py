@@ -1,7 +1,8 @@
 """What an output directory (a training run's, an evaluation's) needs to survive the faults
 a long job meets: one job at a time (an OS file lock, released by the kernel when its holder
-dies, so a killed job leaves no stale lock), and the temp files of writes a kill interrupted
-removed on the next start."""
+dies, so a killed job leaves no stale lock), the temp files of writes a kill interrupted
+removed on the next start, and which attempt of a torchrun job this is (a restart continues
+what an earlier attempt left)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,27 @@ def _read_pid(fd: int) -> int | None:
 def launch_rank() -> int:
     """This process's rank under torchrun (RANK), before the process group exists; 0 alone."""
     return int(os.environ.get("RANK", "0"))
+
+
+def restart_count() -> int:
+    """How many times this rank's torchrun agent has restarted its workers (0 outside
+    torchrun, or when this agent restarted only because another node's worker failed)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def max_restarts() -> int:
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+
+
+def run_id() -> str | None:
+    """torchrun's job id (``--rdzv-id``; a fresh uuid under ``--standalone``), or None when
+    there is none that tells two launches apart (outside torchrun, or the default "none")."""
+    value = os.environ.get("TORCHELASTIC_RUN_ID")
+    return None if value in (None, "", "none") else value
+
+
+def under_torchelastic() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 # --------------------------------------------------------------------------- leftovers

@@ -18,14 +18,14 @@ import sys
 import torch
 
 from ..devices import resolve_device
-from .._outdir import DirectoryBusy, RunLock, leftovers_line, remove_leftovers
+from .._outdir import (DirectoryBusy, RunLock, leftovers_line, remove_leftovers, restart_count,
+                       run_id)
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..data import (DATASETS, DatasetNotFoundError, DownloadError, is_dataset, load_run_dataset,
                     normalize_dataset)
 from ..data import folder as folder_data
 from ..data.folder_sources import folder_sources
 from ..cli_common import AUTO, MAX_COUNT, MAX_SEED, number, resume_arg, write_failure
-from ..train.elastic import restart_count, run_id
 from .attacks import (ATTACKS, EXTERNAL, INSTALL_HINT, AttackError, AttackSettings,
                       MissingDependency, check_attacks, torchattacks)
 from .curve import plot

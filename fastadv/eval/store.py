@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import check_digest, save_checked
-from ..train.elastic import run_id
+from .._outdir import run_id
 
 FORMAT = "fastadv-eval-partial/2"  # /2: a unit per attack per batch
 RUN_ID = "torchelastic_run_id"  # optional: files written before it was recorded still load

@@ -121,8 +121,8 @@ def teardown(ctx: Context, *, clean: bool) -> None:
             dist.destroy_process_group()
 
 
-# What gloo and NCCL say when the other end of a collective is gone ("timed out" only from
-# gloo itself: a DataLoader or a CUDA launch times out too).
+# What gloo and NCCL say when the other end of a collective is gone (a timeout only from gloo
+# itself: a DataLoader or a CUDA launch times out too).
 _TRANSPORT_FAILURES = ("connection closed by peer", "connection reset by peer", "broken pipe",
                        "connection refused", "socket closed", "nccl communicator was aborted")
 
@@ -135,7 +135,7 @@ def is_peer_failure(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and (
         any(failure in text for failure in _TRANSPORT_FAILURES)
-        or ("timed out" in text and "gloo" in text))
+        or (("timed out" in text or "timeout" in text) and "gloo" in text))
 
 
 def transport_reason(exc: BaseException) -> str:

@@ -17,6 +17,8 @@ import threading
 import torch
 import torch.distributed as dist
 
+from .._outdir import max_restarts, restart_count, under_torchelastic
+
 # A worker that ends on purpose exits non-zero, or torchrun would count the group as
 # finished: 128 + SIGTERM, as if the signal had ended it; and 4 for a lost peer.
 STOPPED_EXIT, PEER_LOST_EXIT = 128 + signal.SIGTERM, 4
@@ -29,27 +31,6 @@ class RunStopped(Exception):
 class PeerLost(Exception):
     """Another rank of the process group died or stopped answering; the message is the one
     line every survivor prints (who was lost, and what happens next)."""
-
-
-def restart_count() -> int:
-    """How many times this rank's torchrun agent has restarted its workers (0 outside
-    torchrun, or when this agent restarted only because another node's worker failed)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-
-def max_restarts() -> int:
-    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
-
-
-def run_id() -> str | None:
-    """torchrun's job id (``--rdzv-id``; a fresh uuid under ``--standalone``), or None when
-    there is none that tells two launches apart (outside torchrun, or the default "none")."""
-    value = os.environ.get("TORCHELASTIC_RUN_ID")
-    return None if value in (None, "", "none") else value
-
-
-def under_torchelastic() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def next_step() -> str:

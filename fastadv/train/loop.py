@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._outdir import run_id, under_torchelastic
 from ..checkpoint import FORMAT, rng_state, save_checked, set_rng_state
 from . import distributed, elastic
 from .config import (TrainConfig, TrainConfigError, check, check_resume_or_overwrite,
@@ -63,7 +64,7 @@ def launch(cfg: TrainConfig, make_job: Callable[[distributed.Context], Job],
         # A restarted torchrun worker may resume a run another rank's count reveals: the
         # verdict waits for every rank (RunDir.claim).
         rundir.check(cfg.resume, cfg.overwrite,
-                     verdict=not (auto_resume or elastic.under_torchelastic()))
+                     verdict=not (auto_resume or under_torchelastic()))
         ctx = distributed.setup(cfg.device, cfg.dist_timeout)
         # Installed until the group is closed: torchrun's SIGTERM to the survivors of a lost
         # rank must not end them before they have said which rank it was.
@@ -143,7 +144,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
         if ctx.is_main:
             rundir.start({**cfg.to_dict(), "world_size": ctx.world_size,
                           "model_args": job.model_args, "data_fingerprint": job.fingerprint,
-                          "torchelastic_run_id": elastic.run_id(), **job.extra_config})
+                          "torchelastic_run_id": run_id(), **job.extra_config})
         torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank)  # per-rank attack/augment noise
     distributed.barrier(ctx)
     if ctx.is_main:
@@ -267,7 +268,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
 def _stopped_line(rundir: RunDir, epoch: int, step: int, steps_per_epoch: int) -> str:
     where = (f"the end of epoch {epoch + 1}" if step == steps_per_epoch else
              f"epoch {epoch + 1}, batch {step} of {steps_per_epoch}")
-    then = (elastic.next_step() if elastic.under_torchelastic() else
+    then = (elastic.next_step() if under_torchelastic() else
             "run the same command with --resume auto (or --resume) to continue")
     return f"stopped by SIGTERM at {where}; {rundir.last} holds it; {then}"
 

@@ -11,10 +11,10 @@ import os
 
 from .._io import WriteError, json_record, write_atomic, write_json
 from .._outdir import (LOCK_NAME, DirectoryBusy, RunLock, is_temp_name, launch_rank,
-                       leftovers_line, remove_leftovers)
+                       leftovers_line, remove_leftovers, restart_count, run_id)
 from ..checkpoint import checkpoint_state, load_checkpoint
 from ..errors import TrainConfigError
-from . import distributed, elastic
+from . import distributed
 from .config import FIT_PREFIX, RESUMABLE, SETTING
 
 
@@ -227,7 +227,7 @@ def resume_decision(out: str, cfg) -> bool:
 def started_by_this_launch(config_path: str) -> bool:
     """Whether the run's config.json was written by an earlier attempt of this same torchrun
     job (so a restart of a command with --overwrite must resume it, not replace it)."""
-    launch = elastic.run_id()
+    launch = run_id()
     if launch is None or not os.path.isfile(config_path):
         return False
     try:
@@ -302,14 +302,14 @@ class RunDir:
         (:func:`resume_decision`). A restart whose earlier attempts never got this far (they
         were refused, say) is decided as a first start."""
         # An agent restarting for another node's failure keeps its count: any rank's counts.
-        restarted = max(distributed.all_gather(ctx, elastic.restart_count())) > 0
+        restarted = max(distributed.all_gather(ctx, restart_count())) > 0
         resume, overwrite, error = cfg.resume, cfg.overwrite, None
         if ctx.is_main:
             try:
                 os.makedirs(self.out, exist_ok=True)
                 _acquire(self.lock)
                 ours = restarted and self._claimed_by_this_job(ctx)
-                if restarted and overwrite and not ours and elastic.run_id() is None \
+                if restarted and overwrite and not ours and run_id() is None \
                         and ctx.agent_store is None:
                     print(f"torchrun restart: --overwrite replaces --out {self.out} again (a "
                           "job whose --rdzv-id is 'none' cannot tell its own run from the "
