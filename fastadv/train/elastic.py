@@ -1,7 +1,8 @@
-"""Runs that a scheduler stops and starts again: which attempt of a ``torchrun`` job this
-is, a SIGTERM (preemption, or torchrun stopping the survivors of a failed worker) turned
-into a stop at the next batch boundary that every rank agrees on, and the two ways a run
-ends early on purpose: :class:`RunStopped` (exit 143) and :class:`PeerLost` (exit 4).
+"""Runs that a scheduler stops and starts again: a SIGTERM (preemption, or torchrun stopping
+the survivors of a failed worker) turned into a stop at the next batch boundary that every
+rank agrees on, what follows a lost rank, and the two ways a run ends early on purpose:
+:class:`RunStopped` (exit 143) and :class:`PeerLost` (exit 4). Which attempt of a torchrun
+job this is comes from :mod:`fastadv._outdir`, which evaluation shares.
 
 torchrun's agent restarts every worker with the same command line when one fails
 (``--max-restarts``); each restart sees ``TORCHELASTIC_RESTART_COUNT > 0`` in at least one
