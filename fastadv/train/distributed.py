@@ -124,7 +124,8 @@ def teardown(ctx: Context, *, clean: bool) -> None:
 # What gloo and NCCL say when the other end of a collective is gone (a timeout only from gloo
 # itself: a DataLoader or a CUDA launch times out too).
 _TRANSPORT_FAILURES = ("connection closed by peer", "connection reset by peer", "broken pipe",
-                       "connection refused", "socket closed", "nccl communicator was aborted")
+                       "connection refused", "socket closed", "caused pair closure",
+                       "nccl communicator was aborted")
 
 
 def is_peer_failure(exc: BaseException) -> bool:

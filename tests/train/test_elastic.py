@@ -137,6 +137,24 @@ def test_a_lost_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_pat
     assert_same_run(whole, out)
 
 
+@pytest.mark.parametrize("text, peer", [
+    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+     "[127.0.0.1]:5000", True),
+    ("Read error [127.0.0.1]:57735: Connection reset by peer", True),
+    ("Application timeout caused pair closure", True),  # gloo's words for a frozen peer
+    ("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 10000ms "
+     "for recv operation to complete", True),
+    ("DataLoader timed out after 5 seconds", False),
+    ("CUDA error: an illegal memory access was encountered", False),
+])
+def test_a_transport_failure_is_told_from_other_errors(text, peer):
+    """Only what gloo and NCCL say when a peer is gone starts the roll call; anything else
+    keeps its traceback."""
+    from fastadv.train.distributed import is_peer_failure
+    assert is_peer_failure(RuntimeError(text)) is peer
+    assert not is_peer_failure(ValueError(text))
+
+
 def test_a_rank_that_stops_answering_is_reported_after_dist_timeout_and_the_run_resumes(
         tmp_path, whole):
     """A frozen rank (SIGSTOP: a machine gone from the network sends nothing, not even a
