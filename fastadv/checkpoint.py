@@ -90,11 +90,14 @@ def set_rng_state(state: dict) -> None:
 CHECKPOINT_KEYS = {"format": str, "config": dict, "model_args": (dict, type(None)),
                    "model": dict, "optimizer": dict, "scheduler": dict,
                    "scaler": (dict, type(None)), "progress": dict, "ranks": list,
-                   "world_size": int, "torch": str, "data_fingerprint": (str, type(None))}
+                   "world_size": int, "torch": str, "data_fingerprint": (str, type(None)),
+                   # --ema: "model" holds the averaged weights, these the trained ones and
+                   # the average's own state
+                   "raw_model": (dict, type(None)), "ema": (dict, type(None))}
 PROGRESS_KEYS = {"epoch": int, "step_in_epoch": int, "global_step": int,
                  "best_score": (float, int), "best_epoch": (int, type(None)), "history": list}
 # Keys older releases did not write yet: absent, they read as None.
-OPTIONAL_KEYS = ("torch", "data_fingerprint")
+OPTIONAL_KEYS = ("torch", "data_fingerprint", "raw_model", "ema")
 MODEL_ARGS_KEYS = ("name", "num_classes", "in_channels", "image_size", "mean", "std", "width")
 # The recorded settings evaluation and the experiments read back, with their types (a
 # crafted file must give a clear error, not a TypeError deep in a data loader).

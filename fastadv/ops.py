@@ -540,6 +540,9 @@ def pgd_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, *, eps=_checks.REQUIRED,
             ``[B]`` (per example) or, for l-inf, a tensor that broadcasts against ``x_adv``
             along the batch and channel dims only: ``[C, 1, 1]``, ``[1, C, 1, 1]``,
             ``[B, C, 1, 1]`` (e.g. ``(8/255)/std`` for inputs normalised outside the model).
+            ``eps`` may be ``math.inf`` (or hold it): no projection to the ball, only the clip
+            to [lower, upper] (N-FGSM's step, whose start lies up to 2ε away); a k·ε ball is
+            ``eps=k*eps``.
         lower, upper: the valid range: floats or, for l-inf, tensors that broadcast to
             ``x_adv`` (``[C, 1, 1]`` per channel, the kernels' fast path; ``x_adv``'s shape per
             element; anything between). l2: floats or per channel.
@@ -579,6 +582,8 @@ def pgd_delta_(delta: Tensor, grad: Tensor, x: Tensor, *, eps=_checks.REQUIRED,
         x: the clean inputs, same shape, device and dtype, in other memory.
         eps, alpha, lower, upper: as in :func:`pgd_` (l-inf): floats, ``[B]``, per channel
             (``[C, 1, 1]``, ``[1, C, 1, 1]``, ``[B, C, 1, 1]``), bounds also per element.
+            ``eps`` may be ``math.inf``: no projection to the ball, only the clip to [lower,
+            upper] (N-FGSM's step); a k·ε ball is ``eps=k*eps``.
         order: ``"delta_box"`` or ``"image_box"``.
 
     Raises like :func:`pgd_`; warns (``FormWarning``) when ``delta`` arrives outside its box

@@ -117,7 +117,16 @@ def l2_step(x_adv, grad, x_nat, eps, alpha, lower, upper) -> Tensor:
     # Written so that a NaN distance or eps (a NaN in x_nat or eps) projects, to NaN: a
     # corrupted example comes out all NaN instead of as an unprojected step.
     safe_delta_norm = torch.where(delta_norm == 0, torch.ones_like(delta_norm), delta_norm)
-    projected = torch.where(delta_norm <= eps, v, x_nat + delta * (eps / safe_delta_norm))
+    inside = delta_norm <= eps
+    # eps read as 0 where the projection is not taken: with eps = inf (no projection) the
+    # unused eps/||delta|| would be inf, and its zero gradient times inf NaN in pgd_step's
+    # backward. The same roundings as eps/||delta|| (a float eps divides as reciprocal * eps).
+    if isinstance(eps, Tensor):
+        shrink = torch.where(inside, torch.zeros_like(eps), eps) / safe_delta_norm
+    else:
+        used = torch.where(inside, torch.zeros_like(delta_norm), torch.full_like(delta_norm, eps))
+        shrink = safe_delta_norm.reciprocal() * used
+    projected = torch.where(inside, v, x_nat + delta * shrink)
     return clamp(projected, lower, upper)
 
 

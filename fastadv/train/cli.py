@@ -74,7 +74,8 @@ def config_from_args(argv=None) -> TrainConfig:
 def main(argv=None) -> int:
     """Exit status: 0 done; 1 a write failed (disk full, permissions); 2 bad input (a
     second run on the same --out included) or a diverged training (a NaN loss); 3 with
-    --strict when the training stalled or diverged; 4 another rank was lost (torchrun);
+    --strict when the training stalled, diverged or overfit catastrophically; 4 another
+    rank was lost (torchrun);
     143 stopped by SIGTERM at a batch boundary, last.pt written (non-zero, so that torchrun
     restarts the workers rather than count the job as done)."""
     cfg = config_from_args(argv)
@@ -109,4 +110,4 @@ def main(argv=None) -> int:
         print(f"python -m fastadv.train: error: {write_failure(exc)}; {kept}; --debug shows "
               "the traceback", file=sys.stderr)
         return 1
-    return 3 if cfg.strict and summary.get("stalled") else 0
+    return 3 if cfg.strict and (summary.get("stalled") or summary.get("overfit")) else 0

@@ -29,7 +29,7 @@ from ..model_specs import ModelSpecError, check_spec_syntax
 from ..models import ARG_RANGES, MODELS
 from .stall import STALL_EPOCHS
 
-METHODS = ("pgd", "fgsm", "fgsm-rs", "free", "trades", "standard")
+METHODS = ("pgd", "fgsm", "fgsm-rs", "n-fgsm", "free", "trades", "mart", "standard")
 SCHEDULES = ("piecewise", "cyclic", "cosine", "constant")
 PRECISIONS = tuple(ATTACK_PRECISIONS)
 OPTIMIZERS = ("sgd", "adam")
@@ -38,7 +38,10 @@ SCALABLE = ("madry-cnn", "small-cnn")  # the models --width applies to
 # fastadv.fit's runs: the data is the caller's ("fit:tensors", "fit:Dataset", ...), and so
 # may be the model ("<ClassName>": rebuilt from weights only, by the caller).
 FIT_PREFIX, USER_MODEL = "fit:", "<"
-ONE_STEP = ("fgsm", "fgsm-rs")  # methods whose attack is a single step
+ONE_STEP = ("fgsm", "fgsm-rs", "n-fgsm")  # methods whose attack is a single step
+# Methods trained on single-step attacks, which can overfit catastrophically (Wong et al.)
+SINGLE_STEP = (*ONE_STEP, "free")
+AWP_METHODS = ("pgd", "trades", "mart")  # methods --awp perturbs the weights of
 
 # The papers' settings per dataset (CIFAR-10: Madry et al./Rice et al.; MNIST: Madry et al.;
 # Fashion-MNIST: MNIST's with eps 0.1, its usual radius, e.g. Wong & Kolter 2018); KMNIST and
@@ -106,10 +109,10 @@ def model_arg(text: str) -> str:
 
 
 def default_alpha(method: str, eps: float, steps: int, dataset: dict | None = None) -> float:
-    """The step size when none is given: ε for fgsm (its one step) and free (Shafahi et al.),
-    1.25ε for fgsm-rs (Wong et al.); otherwise the dataset's α scaled with ε (its α/ε ratio),
+    """The step size when none is given: ε for fgsm (its one step), n-fgsm (de Jorge et al.)
+    and free (Shafahi et al.), 1.25ε for fgsm-rs (Wong et al.); otherwise the dataset's α scaled with ε (its α/ε ratio),
     or, with no dataset defaults (``fastadv.fit``), Madry et al.'s 2.5ε/steps."""
-    if method in ("fgsm", "free"):
+    if method in ("fgsm", "n-fgsm", "free"):
         return eps
     if method == "fgsm-rs":
         return 1.25 * eps
@@ -207,14 +210,16 @@ SETTINGS: tuple[Setting, ...] = (
             help="width multiplier of madry-cnn/small-cnn (capacity)"),
     Setting("method", "str", "pgd", choices=METHODS, help=(
         "pgd: Madry PGD-AT; fgsm: one step of eps from x (Goodfellow et al.); fgsm-rs: "
-        "Wong et al.'s FGSM with random start; free: Shafahi et al.'s free AT "
-        "(--free-replays); trades: Zhang et al. (--trades-beta); standard: no attack")),
+        "Wong et al.'s FGSM with random start; n-fgsm: de Jorge et al.'s noisy FGSM "
+        "(--nfgsm-noise, --nfgsm-clip; step --alpha, default eps); free: Shafahi et al.'s "
+        "free AT (--free-replays); trades: Zhang et al. (--trades-beta); mart: Wang et al. "
+        "(--mart-beta); standard: no attack")),
     Setting("eps", "float", 0.2, type=number, derived=True, valid=lambda v: 0.0 <= v <= 1.0,
             must="lie in [0, 1] (inputs are in [0, 1])",
             help="l-inf radius in [0, 1] pixel units; fractions like 8/255 accepted"),
     Setting("alpha", "float", 0.05, type=number, derived=True,
             help="PGD step size (default: the dataset's, scaled with --eps; fgsm-rs: 1.25 "
-                 "eps; free: eps; fgsm: always eps)"),
+                 "eps; n-fgsm and free: eps; fgsm: always eps)"),
     Setting("steps", "int", 10, type=int, derived=True, **at_least(1),
             help="PGD steps of the training attack (pgd, trades; fgsm and fgsm-rs take one "
                  "step)"),
@@ -282,7 +287,9 @@ SETTINGS: tuple[Setting, ...] = (
                  "--eps"),
     Setting("strict", "bool", False, action="store_true", resumable=True,
             help="stop a run whose training stalls (loss at ln(classes) or clean accuracy at "
-                 "chance for %d epochs) and exit with status 3" % STALL_EPOCHS),
+                 "chance for %d epochs), or that overfits catastrophically (a single-step "
+                 "method: PGD accuracy collapsed under its own attack's), and exit with "
+                 "status 3" % STALL_EPOCHS),
     Setting("verify", "bool", True, action="store_false", flag="--no-verify",
             resumable=True, in_fit=False,
             help="mnist, fashion-mnist, kmnist: skip the md5 check of the .gz files "
@@ -295,6 +302,32 @@ SETTINGS: tuple[Setting, ...] = (
             help="m of free AT: replays of each batch"),
     Setting("trades_beta", "float", 6.0, type=number, valid=lambda v: v >= 0, must="be >= 0",
             help="beta of TRADES: weight of the KL term"),
+    Setting("mart_beta", "float", 6.0, type=number, valid=lambda v: v >= 0, must="be >= 0",
+            help="beta of MART: weight of its misclassification-aware KL term (Wang et al.: 6)"),
+    Setting("nfgsm_noise", "float", 2.0, type=number, valid=lambda v: v >= 0, must="be >= 0",
+            metavar="K", help="n-fgsm: the uniform noise's radius, K times --eps (de Jorge et "
+                              "al.: 2)"),
+    Setting("nfgsm_clip", "float | None", None, type=number, metavar="K",
+            valid=lambda v: v is None or v > 0, must="be > 0",
+            help="n-fgsm: project the noisy step onto the ball of K times --eps (default: no "
+                 "projection, as de Jorge et al.; only the clip to [0, 1])"),
+    Setting("label_smoothing", "float", 0.0, type=number, valid=lambda v: 0 <= v < 1,
+            must="lie in [0, 1)", help="label smoothing of the training cross-entropy (the "
+                                       "attacks and the evaluation keep the plain one)"),
+    Setting("ema", "float | None", None, type=number, metavar="DECAY",
+            valid=lambda v: v is None or 0 < v < 1, must="lie in (0, 1)",
+            help="keep an exponential moving average of the weights, per optimizer step with "
+                 "the decay min(DECAY, (1+t)/(10+t)) (e.g. 0.995); BatchNorm statistics are "
+                 "averaged the same way. Validation, best.pt, results.json and fastadv.eval "
+                 "use the averaged weights; checkpoints keep the raw ones too"),
+    Setting("awp", "float | None", None, type=number, metavar="GAMMA",
+            valid=lambda v: v is None or v > 0, must="be > 0",
+            help="adversarial weight perturbation (Wu et al.; pgd, trades, mart): each step's "
+                 "loss is taken at weights moved by GAMMA (relative, per layer) up the "
+                 "adversarial loss (Wu et al.: 5e-3), one extra forward and backward"),
+    Setting("awp_warmup", "int", 10, type=int, metavar="EPOCHS", **at_least(0),
+            help="--awp: epochs trained without the weight perturbation first (Wu et al.: "
+                 "10)"),
     Setting("attack_bn", "str", "eval", choices=ATTACK_BN, help=(
         "mode of the model while the training attack runs. eval (default): running "
         "BatchNorm statistics, as at test time, and needed by --cuda-graph; train: batch "
@@ -385,7 +418,7 @@ def parser() -> argparse.ArgumentParser:
         + f"\n  every dataset: val-size={VAL_FRACTION:.0%} of the training set, at most "
           f"{VAL_CAP}"
         + "\n\nexit status: 0 done, 1 a write failed, 2 bad input or a diverged training (NaN "
-          "loss), 3 with --strict when the training stalled or diverged, 4 another rank was "
+          "loss), 3 with --strict when the training stalled, diverged or overfit catastrophically, 4 another rank was "
           "lost (under torchrun), 143 stopped by SIGTERM with last.pt written at a batch "
           "boundary")
     for s in SETTINGS:
@@ -500,6 +533,10 @@ def check(cfg: TrainConfig) -> None:
          "--cuda-graph applies to --method pgd, fgsm or fgsm-rs with --attack-bn eval")
     need(not cfg.cuda_graph or cfg.device is None or cfg.device.startswith("cuda"),
          "--cuda-graph needs a CUDA --device")
+    need(cfg.nfgsm_clip is None or cfg.method == "n-fgsm",
+         f"--nfgsm-clip applies to --method n-fgsm, not {cfg.method}")
+    need(cfg.awp is None or cfg.method in AWP_METHODS,
+         f"--awp applies to --method {', '.join(AWP_METHODS)}, not {cfg.method}")
 
 
 def check_setup(cfg: TrainConfig, device, world_size: int, distributed: bool) -> None:

@@ -177,6 +177,21 @@ def all_sum(ctx: Context, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def average_gradients(ctx: Context, params: list) -> None:
+    """Each parameter's ``.grad`` replaced by its mean over ranks (one all-reduce), as DDP
+    does for the model's, for a module DDP does not wrap."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not ctx.distributed or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def all_gather(ctx: Context, obj) -> list:
     """Every rank's ``obj`` as a list, on every rank."""
     if not ctx.distributed:

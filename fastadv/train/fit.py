@@ -53,7 +53,10 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
         eval_every: int = 1,
         eval_steps: int | None = None, eval_examples: int = 1000, eps_warmup: int = 0,
         strict: bool = False, save_every: int = 0, free_replays: int = 4,
-        trades_beta: float = 6.0, attack_bn: str = "eval", sync_bn: bool = False,
+        trades_beta: float = 6.0, mart_beta: float = 6.0, nfgsm_noise: float = 2.0,
+        nfgsm_clip: float | None = None, label_smoothing: float = 0.0,
+        ema: float | None = None, awp: float | None = None, awp_warmup: int = 10,
+        attack_bn: str = "eval", sync_bn: bool = False,
         augment: bool = False, workers: int = 0, mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None, progress: bool = True) -> FitResult:
     r"""Adversarial training (Madry et al.) of ``model``:
@@ -71,7 +74,12 @@ def fit(model: nn.Module, train_data, *, eps: float, epochs: int,
             batch copied while the attack runs). Without ``val_data``, ``val_size`` examples
             (default 10 %, at most 1000) are held out of the training data for model
             selection; without ``test_data`` the final report is on that validation split.
-        method: ``pgd``, ``fgsm``, ``fgsm-rs``, ``free``, ``trades`` or ``standard``.
+        method: ``pgd``, ``fgsm``, ``fgsm-rs``, ``n-fgsm``, ``free``, ``trades``, ``mart`` or
+            ``standard``.
+        ema: keep an exponential moving average of the weights with this decay (e.g.
+            0.995): validation, best.pt, the returned model and the report use it.
+        awp: Wu et al.'s adversarial weight perturbation of size ``awp`` (e.g. 5e-3) for
+            ``pgd``, ``trades`` and ``mart``, after ``awp_warmup`` epochs.
         optimizer: None (SGD with ``lr``, ``momentum``, ``weight_decay``), ``"sgd"``,
             ``"adam"``, an ``Optimizer`` over ``model``'s parameters, or a function from the
             parameters to one. ``schedule``: piecewise, cyclic, cosine or constant, per step.

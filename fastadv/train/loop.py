@@ -25,12 +25,15 @@ from tqdm.auto import tqdm
 from .._outdir import run_id, under_torchelastic
 from ..checkpoint import FORMAT, rng_state, save_checked, set_rng_state
 from . import distributed, elastic
-from .config import (TrainConfig, TrainConfigError, check, check_resume_or_overwrite,
-                     check_setup)
+from .awp import WeightPerturbation
+from .config import (SINGLE_STEP, TrainConfig, TrainConfigError, check,
+                     check_resume_or_overwrite, check_setup)
 from .divergence import DivergenceGuard, non_finite_tensors
+from .ema import WeightAverage
 from .job import Job, job_from_config
 from .meter import EpochMeter, Progress
 from .methods import make_method, method_class
+from .overfit import collapse_warning, own_attack_accuracy, overfit_record
 from .report import epoch_line, final_report, first_line, unwrap
 from .rundir import RunDir
 from .schedule import scheduler
@@ -131,7 +134,10 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
     if cfg.compile:
         model = torch.compile(model)
         attack_model = model if not ctx.distributed else torch.compile(raw)
-    method = make_method(cfg, model, attack_model, device)
+    awp = WeightPerturbation(raw, cfg.awp, ctx, cfg.compile) if cfg.awp else None
+    method = make_method(cfg, model, attack_model, device, awp)
+    ema = WeightAverage(raw, cfg.ema) if cfg.ema else None
+    ema_eval = None if ema is None else torch.compile(ema.module) if cfg.compile else ema.module
 
     # ---- resume, or start the run directory
     resume = rundir.claim(ctx, cfg, auto_resume)
@@ -139,7 +145,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
     ckpt = rundir.checkpoint_to_resume(cfg, ctx, job.fingerprint, resume)
     if ckpt is not None:
         progress = _restore(ckpt, job, ctx, rundir, raw, optimizer, sched, method, meter,
-                            steps_per_epoch)
+                            steps_per_epoch, ema)
     else:
         if ctx.is_main:
             rundir.start({**cfg.to_dict(), "world_size": ctx.world_size,
@@ -152,7 +158,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
 
     # ---- epochs
     def checkpoint(path):
-        save_checkpoint(path, ctx, job, raw, optimizer, sched, progress, meter, method)
+        save_checkpoint(path, ctx, job, raw, optimizer, sched, progress, meter, method, ema)
         if path == rundir.last:
             rundir.saved = (progress.epoch, progress.step_in_epoch)
 
@@ -170,6 +176,13 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
                       f"{stalled_record(progress.history)['epoch']}); stopping after epoch "
                       f"{progress.epoch} of {cfg.epochs}", file=sys.stderr)
             break
+        if cfg.strict and overfit_record(progress.history) is not None:
+            if ctx.is_main:
+                print(f"--strict: catastrophic overfitting (epoch "
+                      f"{overfit_record(progress.history)['epoch']}); stopping after epoch "
+                      f"{progress.epoch} of {cfg.epochs}", file=sys.stderr)
+            break
+        method.set_epoch(epoch)
         batches = job.train.epoch(epoch=epoch, start=progress.step_in_epoch,
                                   batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank,
                                   world_size=ctx.world_size, device=device)
@@ -188,6 +201,9 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
                 optimizer.zero_grad(set_to_none=True)  # step
                 loss.backward()
                 optimizer.step()
+                method.after_step()  # AWP's perturbation off before anything reads the weights
+                if ema is not None:
+                    ema.update()
                 sched.step()
                 meter.add(loss, method.loss_parts, logits, y)  # log
                 guard.note(loss, progress.global_step)
@@ -220,14 +236,24 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
         if cfg.eps_warmup:
             record["eps"] = method.eps  # the training ε of the epoch's last batch
         distributed.broadcast_buffers(ctx, raw)  # evaluate (and save) rank 0's BN statistics
+        if ema is not None:
+            distributed.broadcast_buffers(ctx, ema.module)
 
         # ---- evaluation, model selection
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             t0 = time.perf_counter()
-            ev = lambda examples, split: clean_and_robust_accuracy(  # noqa: E731
-                attack_model, examples, cfg, ctx, cfg.precision, 4 * local_batch, split)
-            record["train_clean_acc"], record["train_robust_acc"] = ev(job.train_eval, "train")
-            record["val_clean_acc"], record["val_robust_acc"] = ev(job.val, "val")
+            ev = lambda m, examples, split: clean_and_robust_accuracy(  # noqa: E731
+                m, examples, cfg, ctx, cfg.precision, 4 * local_batch, split)
+            # With --ema, the averaged weights are the model; the raw ones are shown beside.
+            for prefix, m in (("", ema_eval), ("raw_", attack_model)) if ema else \
+                    (("", attack_model),):
+                record[f"{prefix}train_clean_acc"], record[f"{prefix}train_robust_acc"] = \
+                    ev(m, job.train_eval, "train")
+                record[f"{prefix}val_clean_acc"], record[f"{prefix}val_robust_acc"] = \
+                    ev(m, job.val, "val")
+            if cfg.method in SINGLE_STEP and method.eps == cfg.eps:
+                record["train_own_attack_acc"] = own_attack_accuracy(
+                    method, job.train_eval, cfg, ctx, 4 * local_batch)
             record["eval_seconds"] = time.perf_counter() - t0
             score = record[method.selection_metric]
             if score > progress.best_score:
@@ -236,6 +262,9 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
         warning = stall_warning(progress.history + [record], job.num_classes, chance, cfg)
         if warning:  # once per run: kept in the history, so also across a resume
             record["stall_warning"] = warning
+        overfit = collapse_warning(progress.history + [record], cfg.method)
+        if overfit:
+            record["overfit_warning"] = overfit
         progress.history.append(record)
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
         meter.reset()
@@ -254,12 +283,15 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
                 print(epoch_line(record, cfg.epochs), flush=True)
             else:
                 tqdm.write(epoch_line(record, cfg.epochs))
-            if warning:
-                tqdm.write(f"warning: {warning}", file=sys.stderr)
+            for text in (warning, overfit):
+                if text:
+                    tqdm.write(f"warning: {text}", file=sys.stderr)
         if vote.settle() and epoch + 1 < cfg.epochs:  # the last one ends with the report
             raise elastic.RunStopped(_stopped_line(rundir, epoch, steps_per_epoch,
                                                    steps_per_epoch))
     _check_ranks_agree(ctx, raw)
+    if ema is not None:
+        _check_ranks_agree(ctx, ema.module)
 
     # ---- final report on the test set
     return final_report(job, ctx, rundir, progress.history, local_batch)
@@ -277,11 +309,18 @@ def _stopped_line(rundir: RunDir, epoch: int, step: int, steps_per_epoch: int) -
 
 
 def _restore(ckpt: dict, job: Job, ctx: distributed.Context, rundir: RunDir, raw, optimizer,
-             sched, method, meter: EpochMeter, steps_per_epoch: int) -> Progress:
-    """A resumed run's state from last.pt: weights, optimizer, schedule, and, with the same
-    number of ranks, every rank's RNG, method state and epoch sums; returns its progress."""
+             sched, method, meter: EpochMeter, steps_per_epoch: int,
+             ema: WeightAverage | None = None) -> Progress:
+    """A resumed run's state from last.pt: weights (the raw and, with --ema, the averaged),
+    optimizer, schedule, and, with the same number of ranks, every rank's RNG, method state
+    and epoch sums; returns its progress."""
     try:
-        unwrap(raw).load_state_dict(ckpt["model"])
+        unwrap(raw).load_state_dict(ckpt["raw_model"] if ema is not None else ckpt["model"])
+        if ema is not None:
+            ema.load(ckpt["model"], ckpt["ema"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainConfigError(f"{rundir.last}: its averaged weights cannot be restored "
+                               f"({type(exc).__name__}: {exc})") from None
     except RuntimeError as exc:
         raise TrainConfigError(f"{rundir.last}: its weights do not fit this model ({exc})") \
             from None
@@ -340,14 +379,19 @@ def make_optimizer(cfg: TrainConfig, raw: nn.Module, given=None) -> torch.optim.
 
 
 def save_checkpoint(path, ctx, job: Job, raw, optimizer, sched, progress: Progress,
-                    meter: EpochMeter, method):
-    """Gathers every rank's RNG state, epoch sums and method state; rank 0 writes."""
+                    meter: EpochMeter, method, ema: WeightAverage | None = None):
+    """Gathers every rank's RNG state, epoch sums and method state; rank 0 writes. With
+    --ema, ``model`` holds the averaged weights (what evaluation and fastadv.eval load) and
+    ``raw_model`` the trained ones."""
     per_rank = {"rng": rng_state(), "method": method.state(), "meter": meter.state_dict()}
     ranks = distributed.gather_to_main(ctx, per_rank)
     if ctx.is_main:
         save_checked({
             "format": FORMAT, "config": job.cfg.to_dict(), "model_args": job.model_args,
-            "model": _plain_state_dict(raw), "optimizer": optimizer.state_dict(),
+            "model": _plain_state_dict(raw if ema is None else ema.module),
+            "raw_model": None if ema is None else _plain_state_dict(raw),
+            "ema": None if ema is None else ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
             "scheduler": sched.state_dict(), "scaler": None,  # bf16 needs no loss scaling
             "progress": progress.state_dict(), "ranks": ranks, "world_size": ctx.world_size,
             "torch": str(torch.__version__), "data_fingerprint": job.fingerprint,

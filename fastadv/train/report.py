@@ -13,6 +13,7 @@ from ..errors import TrainConfigError
 from ..data.splits import VAL_CAP, VAL_FRACTION
 from . import distributed
 from .job import Job
+from .overfit import overfit_record
 from .stall import stalled_record
 from .validation import clean_and_robust_accuracy
 
@@ -45,13 +46,16 @@ def epoch_line(r: dict, epochs: int) -> str:
     if "val_robust_acc" in r:
         line += (f"  | train clean {r['train_clean_acc']:6.1%} robust {r['train_robust_acc']:6.1%}"
                  f"  val clean {r['val_clean_acc']:6.1%} robust {r['val_robust_acc']:6.1%}"
+                 + (f"  (raw weights: val robust {r['raw_val_robust_acc']:6.1%})"
+                    if "raw_val_robust_acc" in r else "")
                  + ("  *best" if r.get("best") else ""))
     return line
 
 
 def final_report(job: Job, ctx, rundir, history, local_batch) -> dict:
     """Test-set (or, with no test set, validation) clean and PGD accuracy of best.pt and
-    last.pt (fp32), as results.json and a table."""
+    last.pt (fp32), as results.json and a table; with --ema, of their averaged weights (the
+    model) and their raw ones (rows ``best-raw``, ``last-raw``)."""
     cfg = job.cfg
     split, examples = ("test", job.test) if job.test is not None else ("val", job.val)
     rows = []
@@ -60,17 +64,24 @@ def final_report(job: Job, ctx, rundir, history, local_batch) -> dict:
             continue
         try:  # best.pt and last.pt are files too: checked like any other
             ckpt = load_checkpoint(path)
-            model = rebuilt(job, ckpt, ctx.device)
+            weights = [(name, ckpt)]
+            if ckpt.get("raw_model") is not None:
+                weights.append((f"{name}-raw", {**ckpt, "model": ckpt["raw_model"]}))
+            models = [(row, rebuilt(job, c, ctx.device)) for row, c in weights]
         except ValueError as exc:
             raise TrainConfigError(f"the final report: {exc}") from None
-        # The same random starts for every checkpoint: identical weights, identical numbers.
-        clean, robust = clean_and_robust_accuracy(model, examples, cfg, ctx, "fp32",
-                                                  4 * local_batch, split)
-        rows.append({"checkpoint": name, "epoch": ckpt["progress"]["epoch"],
-                     f"{split}_clean_acc": clean, f"{split}_robust_acc": robust})
+        for row, model in models:
+            # The same random starts for every checkpoint: identical weights, identical
+            # numbers.
+            clean, robust = clean_and_robust_accuracy(model, examples, cfg, ctx, "fp32",
+                                                      4 * local_batch, split)
+            rows.append({"checkpoint": row, "epoch": ckpt["progress"]["epoch"],
+                         f"{split}_clean_acc": clean, f"{split}_robust_acc": robust})
     stalled = stalled_record(history)
+    overfit = overfit_record(history)
     summary = {
         "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "eps": cfg.eps,
+        "weights": "exponential moving average (--ema %g)" % cfg.ema if cfg.ema else "trained",
         "attack": f"PGD-{cfg.eval_steps}, alpha=2.5*eps/{cfg.eval_steps}, 1 random start "
                   "(the same starts for every checkpoint)",
         "split": split, f"{split}_examples": len(examples), "epochs": cfg.epochs,
@@ -78,6 +89,8 @@ def final_report(job: Job, ctx, rundir, history, local_batch) -> dict:
         "stalled": stalled is not None,
         "stall": None if stalled is None else {"detected_at_epoch": stalled["epoch"],
                                                "warning": stalled["stall_warning"]},
+        "overfit": None if overfit is None else {"detected_at_epoch": overfit["epoch"],
+                                                 "warning": overfit["overfit_warning"]},
         "stopped_early": len(history) < cfg.epochs,
         "train_seconds": sum(r["seconds"] for r in history),
         "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in history),
@@ -136,4 +149,8 @@ def summary_table(summary: dict) -> str:
         lines.append(f"warning: the training stalled (detected at epoch "
                      f"{summary['stall']['detected_at_epoch']}; the warning is in "
                      f"metrics.jsonl and results.json){stopped}")
+    if summary.get("overfit"):
+        lines.append(f"warning: catastrophic overfitting (detected at epoch "
+                     f"{summary['overfit']['detected_at_epoch']}; the warning is in "
+                     "metrics.jsonl and results.json)")
     return "\n".join(lines)
