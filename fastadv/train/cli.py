@@ -36,18 +36,19 @@ def config_from_args(argv=None) -> TrainConfig:
     trust_code = args.trust_model_code
     del args.debug, args.trust_model_code  # how this invocation behaves, not run settings
     try:
+        typed = explicit_flags(argv, p) & set(SETTING)
         if args.resume == "auto":  # the command is the run: resumed if --out holds it
             check_resume_or_overwrite(True, args.overwrite)
             args.resume = False
-            return resolve(args)
+            return resolve(args, typed)
         if not args.resume:
-            return resolve(args)
+            return resolve(args, typed)
         check_resume_or_overwrite(args.resume, args.overwrite)
         if args.out is None:
             raise TrainConfigError("--resume needs --out, the run directory to continue")
         saved = saved_settings(args.out)
         if saved is None:
-            return resolve(args)  # killed before it wrote its settings: these flags are the run's
+            return resolve(args, typed)  # killed before it wrote its settings: these are the run's
         # The saved run's settings, with the flags given now on top (the trainer refuses
         # changes that would alter the result).
         # --strict applies to this invocation only: a run --strict stopped, resumed without
@@ -56,7 +57,6 @@ def config_from_args(argv=None) -> TrainConfig:
             raise TrainConfigError(f"--resume: the saved settings in {args.out} are a "
                                    f"{type(saved).__name__}, not a mapping: the run's files "
                                    "were edited or are damaged")
-        typed = explicit_flags(argv, p) & set(SETTING)
         values = {**saved, **{k: getattr(args, k) for k in typed},
                   "out": args.out, "resume": True, "strict": args.strict,
                   "overwrite": args.overwrite}

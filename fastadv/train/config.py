@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import os
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from ..data.splits import VAL_CAP, VAL_FRACTION
 from ..errors import TrainConfigError
 from ..model_specs import ModelSpecError, check_spec_syntax
 from ..models import ARG_RANGES, MODELS
+from .recipes import RECIPES
 from .stall import STALL_EPOCHS
 
 METHODS = ("pgd", "fgsm", "fgsm-rs", "n-fgsm", "free", "trades", "mart", "standard")
@@ -39,8 +41,6 @@ SCALABLE = ("madry-cnn", "small-cnn")  # the models --width applies to
 # may be the model ("<ClassName>": rebuilt from weights only, by the caller).
 FIT_PREFIX, USER_MODEL = "fit:", "<"
 ONE_STEP = ("fgsm", "fgsm-rs", "n-fgsm")  # methods whose attack is a single step
-# Methods trained on single-step attacks, which can overfit catastrophically (Wong et al.)
-SINGLE_STEP = (*ONE_STEP, "free")
 AWP_METHODS = ("pgd", "trades", "mart")  # methods --awp perturbs the weights of
 
 # The papers' settings per dataset (CIFAR-10: Madry et al./Rice et al.; MNIST: Madry et al.;
@@ -214,6 +214,9 @@ SETTINGS: tuple[Setting, ...] = (
         "(--nfgsm-noise, --nfgsm-clip; step --alpha, default eps); free: Shafahi et al.'s "
         "free AT (--free-replays); trades: Zhang et al. (--trades-beta); mart: Wang et al. "
         "(--mart-beta); standard: no attack")),
+    Setting("recipe", "str | None", None, choices=tuple(RECIPES), in_fit=False, help=(
+        "a paper's group of defaults (listed below with their sources and CIFAR-10 claims): "
+        "it overrides the dataset's defaults, and every flag typed overrides it")),
     Setting("eps", "float", 0.2, type=number, derived=True, valid=lambda v: 0.0 <= v <= 1.0,
             must="lie in [0, 1] (inputs are in [0, 1])",
             help="l-inf radius in [0, 1] pixel units; fractions like 8/255 accepted"),
@@ -388,7 +391,7 @@ def _config_class():
             raise TypeError(f"unknown training flag(s): {', '.join(unknown)}")
         for key, value in flags.items():
             setattr(args, key, value)
-        return resolve(args)
+        return resolve(args, {"dataset", *flags})
 
     cls = dataclasses.make_dataclass(
         "TrainConfig", fields, frozen=True,
@@ -417,6 +420,10 @@ def parser() -> argparse.ArgumentParser:
             for name, d in DATASET_DEFAULTS.items())
         + f"\n  every dataset: val-size={VAL_FRACTION:.0%} of the training set, at most "
           f"{VAL_CAP}"
+        + "\n\nrecipes (--recipe; CIFAR-10 results as claimed by their sources, not run by "
+          "fastadv):\n" + "\n".join(
+              textwrap.fill(r.describe(), width=96, initial_indent="  ",
+                            subsequent_indent="    ") for r in RECIPES.values())
         + "\n\nexit status: 0 done, 1 a write failed, 2 bad input or a diverged training (NaN "
           "loss), 3 with --strict when the training stalled, diverged or overfit catastrophically, 4 another rank was "
           "lost (under torchrun), 143 stopped by SIGTERM with last.pt written at a batch "
@@ -441,8 +448,10 @@ def explicit_flags(argv, p: argparse.ArgumentParser) -> set[str]:
     return set(vars(quiet.parse_args(argv)))
 
 
-def resolve(args: argparse.Namespace) -> TrainConfig:
-    """Fill unset flags from the dataset's defaults, then check every value."""
+def resolve(args: argparse.Namespace, explicit: set[str] | None = None) -> TrainConfig:
+    """Fill unset flags from the dataset's defaults and --recipe's, then check every value.
+    ``explicit``: the flags the user typed, which a recipe never overrides (default: those
+    set to anything but their default)."""
     if not is_dataset(args.dataset):
         raise TrainConfigError(f"--dataset must be one of {', '.join(DATASETS)} or idx:PATH, "
                                f"got {args.dataset!r}")
@@ -451,6 +460,13 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if v is not None}
     for key, default in d.items():
         values.setdefault(key, default)
+    if values.get("recipe") in RECIPES:
+        if explicit is None:
+            explicit = {k for k, v in values.items() if k in SETTING and v is not None
+                        and (SETTING[k].derived or v != SETTING[k].default)}
+        for key, value in RECIPES[values["recipe"]].for_dataset(args.dataset).items():
+            if key not in explicit:
+                values[key] = value
     if args.width is None and values["model"] != d["model"]:
         values["width"] = None  # the dataset's width is for its default model
     if args.alpha is None:
@@ -464,7 +480,8 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
             raise TrainConfigError(f"--steps does not apply to --method {values['method']} "
                                    f"(one step), got {args.steps}")
         values["steps"] = 1
-    values.setdefault("out", os.path.join("runs", f"{args.dataset}-{values['method']}"))
+    values.setdefault("out", os.path.join(
+        "runs", f"{args.dataset}-{values.get('recipe') or values['method']}"))
     cfg = TrainConfig(**values)
     check(cfg)
     return cfg

@@ -26,8 +26,8 @@ from .._outdir import run_id, under_torchelastic
 from ..checkpoint import FORMAT, rng_state, save_checked, set_rng_state
 from . import distributed, elastic
 from .awp import WeightPerturbation
-from .config import (SINGLE_STEP, TrainConfig, TrainConfigError, check,
-                     check_resume_or_overwrite, check_setup)
+from .config import (TrainConfig, TrainConfigError, check, check_resume_or_overwrite,
+                     check_setup)
 from .divergence import DivergenceGuard, non_finite_tensors
 from .ema import WeightAverage
 from .job import Job, job_from_config
@@ -251,7 +251,7 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
                     ev(m, job.train_eval, "train")
                 record[f"{prefix}val_clean_acc"], record[f"{prefix}val_robust_acc"] = \
                     ev(m, job.val, "val")
-            if cfg.method in SINGLE_STEP and method.eps == cfg.eps:
+            if method.single_step and method.eps == cfg.eps:  # not during an ε warm-up
                 record["train_own_attack_acc"] = own_attack_accuracy(
                     method, job.train_eval, cfg, ctx, 4 * local_batch)
             record["eval_seconds"] = time.perf_counter() - t0

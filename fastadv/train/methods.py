@@ -42,6 +42,8 @@ class Method:
 
     # The validation figure best.pt is chosen by (Rice et al.: robust accuracy).
     selection_metric = "val_robust_acc"
+    # Trained on single-step attacks: the catastrophic-overfitting check applies (own_attack).
+    single_step = False
 
     @classmethod
     def steps_per_batch(cls, cfg: TrainConfig) -> int:
@@ -132,6 +134,8 @@ class PGDTraining(Method):
 
 
 class FGSM(PGDTraining):
+    single_step = True
+
     def adversarial(self, x, y):
         c = self.cfg
         return attacks.fgsm(self.attack_model, x, y, eps=self.eps, precision=c.precision,
@@ -139,6 +143,8 @@ class FGSM(PGDTraining):
 
 
 class FGSMRS(PGDTraining):
+    single_step = True
+
     def adversarial(self, x, y):
         c = self.cfg
         return attacks.fgsm_rs(self.attack_model, x, y, eps=self.eps, alpha=self.alpha,
@@ -150,6 +156,8 @@ class NFGSM(PGDTraining):
     """de Jorge et al. 2022: x + U(−kε, kε) noise (k = --nfgsm-noise, 2), one signed step of α
     (ε) on the CE gradient there, clipped to [0, 1] only: the fused step with ``eps=inf``
     (or ``--nfgsm-clip`` times ε: that ball's projection)."""
+
+    single_step = True
 
     def adversarial(self, x, y):
         c = self.cfg
@@ -171,6 +179,8 @@ class NFGSM(PGDTraining):
 class Free(Method):
     """The perturbation δ lives across batches (zeros at the start); each replay takes one
     signed step of α on it from the input gradient the weight update's backward computed."""
+
+    single_step = True
 
     def __init__(self, *args):
         super().__init__(*args)
