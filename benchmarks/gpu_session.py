@@ -28,8 +28,12 @@ output in ``--out``:
    checkpoints are discarded);
 8. ``train-bench``: the training suite (ablation against a plain eager loop, torch.compile
    and CUDA graphs included) on 5,120 images;
-9. ``memcheck``: ``compute-sanitizer --tool memcheck`` over the CUDA cases of the op tests;
-10. ``op-bf16``: the op suite in bfloat16.
+9. ``time-to-robust``: test robust accuracy (PGD-10) against training seconds at budgets of
+   2 and 5 s, of the madry, modern and n-fgsm recipes against a plain PyTorch loop and the
+   same loop under torch.compile (``benchmarks.time_to_robust``; small CNN, 5,000 synthetic
+   CIFAR-shaped images, one seed), as JSON, a table and a plot;
+10. ``memcheck``: ``compute-sanitizer --tool memcheck`` over the CUDA cases of the op tests;
+11. ``op-bf16``: the op suite in bfloat16.
 
 The session prints its plan first. ``summary.json`` and ``summary.md`` (rewritten after every
 piece) hold each piece's status (ok, failed, skipped), duration, reason and output files, with
@@ -254,12 +258,12 @@ def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]
     else:
         test_cmd = [*pytest, *GPU_TESTS, "-k", NOT_CPU_CASES]
     tests = Piece("tests", "the op, registration, backend-choice and CUDA tests",
-                  [*test_cmd, f"--junitxml={path('tests.junit.xml')}"], 0.17, 20,
+                  [*test_cmd, f"--junitxml={path('tests.junit.xml')}"], 0.15, 20,
                   outputs={"junit": "tests.junit.xml"})
 
     op = Piece("op", "op suite: pgd_ and pgd_delta_ fp32 GB/s vs a copy and the eager lines",
                [py, "-m", "benchmarks.op", "--device", device, *quick,
-                "--json", path("op.json")], 0.05, 10, outputs={"json": "op.json"})
+                "--json", path("op.json")], 0.04, 10, outputs={"json": "op.json"})
 
     attack_sizes = (["--quick", "--batch", "8", "--steps", "2", "--repeats", "1",
                      "--eval-steps", "1", "--eval-restarts", "2", "--max-batch", "16"] if dry_run else
@@ -267,7 +271,7 @@ def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]
                      "--eval-restarts", "0", "--repeats", "5"])
     attack = Piece("attack", "attack suite: PGD-10 images/s vs torchattacks and an eager loop",
                    [py, "-m", "benchmarks.attack", "--device", device, *attack_sizes,
-                    "--json", path("attack.json")], 0.17, 20, outputs={"json": "attack.json"},
+                    "--json", path("attack.json")], 0.15, 20, outputs={"json": "attack.json"},
                    precheck=torchattacks_note)
 
     run_dir = path("train-epoch")
@@ -283,7 +287,7 @@ def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]
         [py, "-m", "fastadv.train", "--dataset", "synthetic", *epoch_sizes, "--precision",
          "bf16", "--channels-last", "--val-size", "1", "--eval-every", "1000000",
          "--eval-steps", "1", "--eval-examples", "1", "--device", device, "--no-progress",
-         "--out", run_dir], 0.13, 20,
+         "--out", run_dir], 0.12, 20,
         outputs={"run": "train-epoch", "metrics": "train-epoch/metrics.jsonl"},
         # PreActResNet-18 checkpoints are ~90 MB each: only the metrics and report come back.
         discard=["train-epoch/*.pt", "train-epoch/*.pt.pending", "train-epoch/.*.tmp"])
@@ -294,8 +298,26 @@ def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]
                          "--steps", "10", "--epochs", "2"])
     train_bench = Piece("train-bench", "training suite: the ablation against a plain eager loop",
                         [py, "-m", "benchmarks.train", "--device", device, *bench_sizes,
-                         "--json", path("train-bench.json")], 0.15, 30,
+                         "--json", path("train-bench.json")], 0.13, 30,
                         outputs={"json": "train-bench.json"})
+
+    # The small CNN on CIFAR-shaped images: budgets of seconds still hold many epochs, and its
+    # torch.compile takes seconds, not a minute. Every run is written as it ends (the compiled
+    # loop runs last in each budget: a timeout cuts it first), the table and plot on SIGTERM.
+    robust_sizes = (["--quick"] if dry_run else
+                    ["--dataset", "synthetic", "--synthetic-train", "5000", "--synthetic-test",
+                     "500", "--model", "small-cnn", "--width", "4", "--seeds", "1",
+                     "--budgets", "2,5", "--attack", "pgd", "--eval-steps", "10",
+                     "--eval-restarts", "1",
+                     "--entries", "madry,modern,n-fgsm,plain,plain-compile"])
+    time_to_robust = Piece(
+        "time-to-robust", "test robust accuracy against training seconds: recipes vs plain loops",
+        [py, "-m", "benchmarks.time_to_robust", "--device", device, *robust_sizes,
+         "--json", path("time-to-robust.json"), "--md", path("time-to-robust.md"),
+         "--plot", path("time-to-robust.png")], 0.10, 30,
+        # Not "json": its runs are not a suite's rows (the table comes from the log).
+        outputs={"results": "time-to-robust.json", "markdown": "time-to-robust.md",
+                 "plot": "time-to-robust.png"})
 
     sanitizer = find_compute_sanitizer()
     memcheck_cmd = None if sanitizer is None or dry_run else [
@@ -304,7 +326,7 @@ def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]
         f"--junitxml={path('memcheck.junit.xml')}"]
     memcheck = Piece(
         "memcheck", "compute-sanitizer --tool memcheck over the CUDA op tests", memcheck_cmd,
-        0.05, 20, outputs={"junit": "memcheck.junit.xml"},
+        0.04, 20, outputs={"junit": "memcheck.junit.xml"},
         # Without the caching allocator every tensor is its own allocation: an overrun is
         # caught at the tensor's end, not at the end of a pooled block.
         env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
@@ -315,8 +337,9 @@ def pieces(out: str, dry_run: bool, wheel_dir: str | None = None) -> list[Piece]
     op_bf16 = Piece("op-bf16", "op suite in bfloat16",
                     [py, "-m", "benchmarks.op", "--device", device, "--dtype", "bfloat16",
                      *quick, "--json", path("op-bf16.json")],
-                    0.03, 10, outputs={"json": "op-bf16.json"})
-    return [install, build, info, tests, op, attack, train_epoch, train_bench, memcheck, op_bf16]
+                    0.02, 10, outputs={"json": "op-bf16.json"})
+    return [install, build, info, tests, op, attack, train_epoch, train_bench, time_to_robust,
+            memcheck, op_bf16]
 
 
 # --------------------------------------------------------------------------- running

@@ -3,6 +3,10 @@ first mismatching element."""
 
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -112,3 +116,23 @@ def trained_checkpoint(folder, epochs: int) -> str:
     assert train_main(["--dataset", "digits", "--width", "1", "--method", "standard",
                        "--epochs", str(epochs), "--no-progress", "--out", str(out)]) == 0
     return str(out / "best.pt")
+
+
+def kill_group_mid_run(command, env, last: str, steps: int, seconds: float = 300) -> int:
+    """Start ``command`` (a torchrun group) in a session of its own and SIGKILL all of it
+    (torchrun and every rank at once) once ``last`` holds ``steps`` optimizer steps, or the
+    group ended, or ``seconds`` passed; returns the steps ``last`` holds then."""
+    from fastadv.checkpoint import load_checkpoint
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    deadline, done = time.time() + seconds, 0
+    while done < steps and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+        if os.path.exists(last):
+            try:
+                done = load_checkpoint(last)["progress"]["global_step"]
+            except (ValueError, FileNotFoundError):  # caught mid-rename
+                pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return load_checkpoint(last)["progress"]["global_step"]

@@ -170,17 +170,11 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
                             own_optimizer=job.optimizer is not None
                             and not isinstance(job.optimizer, str))
     for epoch in range(progress.epoch, cfg.epochs):
-        if cfg.strict and stalled_record(progress.history) is not None:
+        why = _strict_stop(progress.history) if cfg.strict else None
+        if why is not None:
             if ctx.is_main:
-                print(f"--strict: the training stalled (epoch "
-                      f"{stalled_record(progress.history)['epoch']}); stopping after epoch "
-                      f"{progress.epoch} of {cfg.epochs}", file=sys.stderr)
-            break
-        if cfg.strict and overfit_record(progress.history) is not None:
-            if ctx.is_main:
-                print(f"--strict: catastrophic overfitting (epoch "
-                      f"{overfit_record(progress.history)['epoch']}); stopping after epoch "
-                      f"{progress.epoch} of {cfg.epochs}", file=sys.stderr)
+                print(f"--strict: {why}; stopping after epoch {progress.epoch} of "
+                      f"{cfg.epochs}", file=sys.stderr)
             break
         method.set_epoch(epoch)
         batches = job.train.epoch(epoch=epoch, start=progress.step_in_epoch,
@@ -295,6 +289,15 @@ def run(job: Job, ctx: distributed.Context, rundir: RunDir, stop: elastic.StopSi
 
     # ---- final report on the test set
     return final_report(job, ctx, rundir, progress.history, local_batch)
+
+
+def _strict_stop(history: list[dict]) -> str | None:
+    """Why --strict stops the run here (its history warned of it), or None."""
+    for what, record in (("the training stalled", stalled_record(history)),
+                         ("catastrophic overfitting", overfit_record(history))):
+        if record is not None:
+            return f"{what} (epoch {record['epoch']})"
+    return None
 
 
 def _stopped_line(rundir: RunDir, epoch: int, step: int, steps_per_epoch: int) -> str:

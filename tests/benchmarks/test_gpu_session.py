@@ -87,9 +87,9 @@ def test_dry_run_completes(tmp_path):
     status = {p["name"]: p["status"] for p in summary["pieces"]}
     assert status == {"wheels": "skipped", "build": "skipped", "info": "ok", "tests": "ok",
                       "op": "ok", "attack": "ok", "train-epoch": "ok", "train-bench": "ok",
-                      "memcheck": "skipped", "op-bf16": "ok"}
+                      "time-to-robust": "ok", "memcheck": "skipped", "op-bf16": "ok"}
     # The plan comes first, before any piece runs.
-    assert result.stdout.index("plan:") < result.stdout.index("[1/10] wheels")
+    assert result.stdout.index("plan:") < result.stdout.index("[1/11] wheels")
     assert set(summary["plan_s"]) == set(status) - {"wheels", "build", "memcheck"}
     assert summary["dry_run"] and summary["finished"] and summary["total_s"] < 600
     for key in ("device", "torch", "triton", "date", "git_sha", "command"):
@@ -164,7 +164,7 @@ def test_the_default_budget_fits_a_600_s_command_and_every_piece_its_minimum(tmp
 def test_pieces_come_in_the_order_of_their_value(tmp_path):
     names = [p.name for p in gpu_session.pieces(str(tmp_path), dry_run=False)]
     assert names == ["wheels", "build", "info", "tests", "op", "attack", "train-epoch",
-                     "train-bench", "memcheck", "op-bf16"]
+                     "train-bench", "time-to-robust", "memcheck", "op-bf16"]
 
 
 def test_the_build_reaches_for_no_network_and_targets_this_gpu(tmp_path, monkeypatch):

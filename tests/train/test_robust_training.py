@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -28,6 +27,7 @@ from fastadv.train.config import TrainConfig
 from fastadv.train.ema import WeightAverage
 from fastadv.train.methods import make_method
 from fastadv.train.overfit import collapse_warning
+from helpers import kill_group_mid_run
 from test_faults import assert_same_run, killed_in_write
 from test_train import read_metrics, run_cli, same_weights
 
@@ -260,7 +260,7 @@ def test_each_piece_resumes_exactly(tmp_path, piece):
         assert same_weights(raw(whole), raw(out))
 
 
-@pytest.mark.parametrize("piece", ["ema-awp-pgd", "n-fgsm"])
+@pytest.mark.parametrize("piece", ["ema-awp-pgd", "mart-smoothing", "n-fgsm"])
 def test_each_piece_on_two_gloo_ranks_resumes_exactly_with_every_rank_alike(tmp_path, piece):
     """Two ranks (the trainer checks that every rank ends with the same weights, the average
     included), SIGKILLed mid-run and resumed under torchrun: the uninterrupted result."""
@@ -276,20 +276,9 @@ def test_each_piece_on_two_gloo_ranks_resumes_exactly_with_every_rank_alike(tmp_
     assert "world size 2" in result.stdout
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen([*torchrun, *args, "--out", killed], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    last = os.path.join(killed, "last.pt")
-    deadline, done = time.time() + 300, 0
-    while done < 50 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-        if os.path.exists(last):
-            try:
-                done = load_checkpoint(last)["progress"]["global_step"]
-            except (ValueError, FileNotFoundError):
-                pass
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 0 < load_checkpoint(last)["progress"]["global_step"] < 2 * 80
+    done = kill_group_mid_run([*torchrun, *args, "--out", killed], env,
+                              os.path.join(killed, "last.pt"), 50)
+    assert 0 < done < 2 * 80
     resumed = subprocess.run([*torchrun, *args, "--out", killed, "--resume"],
                              capture_output=True, text=True, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -336,3 +325,20 @@ def test_a_collapse_warns_once_and_strict_stops_with_status_3(tmp_path, monkeypa
     best = max(records, key=lambda r: (r["val_robust_acc"], -r["epoch"]))
     assert load_checkpoint(os.path.join(out, "best.pt"))["progress"]["epoch"] == best["epoch"]
     assert overfit.overfit_record(records)["epoch"] == 2
+
+
+def test_fit_takes_every_piece_and_returns_the_averaged_model(tmp_path):
+    """fastadv.fit(ema=..., awp=..., method="mart", label_smoothing=...): the returned model
+    holds best.pt's averaged weights; the raw ones are in the checkpoint."""
+    from test_fit import COMMON, digits_tensors, small_net
+    x, y, x_test, y_test = digits_tensors(200)
+    out = str(tmp_path / "fit")
+    result = fastadv.fit(small_net(), (x, y), test_data=(x_test, y_test), out=out,
+                         **dict(COMMON, epochs=1), method="mart", ema=0.9, awp=5e-3,
+                         awp_warmup=0, label_smoothing=0.1)
+    ckpt = load_checkpoint(os.path.join(out, "best.pt"))
+    assert ckpt["config"]["ema"] == 0.9 and ckpt["config"]["method"] == "mart"
+    fitted = {k: v.cpu() for k, v in result.model.state_dict().items()}
+    assert same_weights(fitted, ckpt["model"])
+    assert not same_weights(fitted, ckpt["raw_model"])
+    assert {r["checkpoint"] for r in result.summary["checkpoints"]} >= {"best", "best-raw"}

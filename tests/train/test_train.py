@@ -17,6 +17,7 @@ from fastadv.data import load_dataset
 from fastadv.train.cli import main
 from fastadv.cli_common import number
 from fastadv.train.schedule import lr_factor
+from helpers import kill_group_mid_run
 
 FAST = ["--dataset", "digits", "--width", "1", "--epochs", "2", "--steps", "3",
         "--eval-steps", "3", "--eval-examples", "64", "--no-progress"]
@@ -326,17 +327,8 @@ def test_two_process_ddp_killed_and_resumed_gives_the_same_weights(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen([*torchrun, *args, "--out", killed], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     last = os.path.join(killed, "last.pt")
-    deadline, done = time.time() + 300, 0
-    while done < 50 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-        if os.path.exists(last):
-            done = load_checkpoint(last)["progress"]["global_step"]
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once
-    proc.wait()
-    done = load_checkpoint(last)["progress"]["global_step"]
+    done = kill_group_mid_run([*torchrun, *args, "--out", killed], env, last, 50)
     assert 0 < done < 2 * 80, "the kill should land mid-run"
 
     resumed = subprocess.run([*torchrun, *args, "--out", killed, "--resume"],
