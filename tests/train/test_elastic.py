@@ -76,12 +76,15 @@ def steps_done(out) -> int:
         return 0
 
 
-def signal_mid_run(agent, out, rng, sig, rank=None, target=None, spread=1.0):
-    """``sig`` to ``rank``'s worker (or to ``target``, a process) at a random moment after
-    the run's next mid-epoch checkpoint (before it, a SIGTERM finds no run to stop); returns
-    the steps last.pt held just before."""
+def signal_mid_run(agent, out, rng, sig, rank=None, target=None, spread=0.1):
+    """``sig`` to ``rank``'s worker (or to ``target``, a process) just after one of the run's
+    mid-run checkpoints, drawn at random from the first half of the run, plus up to
+    ``spread`` seconds (before the first checkpoint a SIGTERM finds no run to stop; in the
+    second half a fast run may have ended before the signal lands); returns the steps
+    last.pt held just before."""
     deadline, start = time.time() + 240, steps_done(out)
-    while steps_done(out) < start + 5 and agent.poll() is None and time.time() < deadline:
+    goal = rng.randrange(start + 5, max(start + 6, STEPS // 2), 5)
+    while steps_done(out) < goal and agent.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(rng.uniform(0.0, spread))
     done = steps_done(out)
@@ -372,8 +375,7 @@ def test_a_restarted_overwrite_command_resumes_its_own_run_and_replaces_others(t
     proc = subprocess.Popen([sys.executable, "-m", "fastadv.train", *ARGS, "--out", out,
                              "--overwrite"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=first)
-    signal_mid_run(proc, out, random.Random("overwrite"), signal.SIGKILL, target=proc,
-                   spread=0.2)
+    signal_mid_run(proc, out, random.Random("overwrite"), signal.SIGKILL, target=proc)
     proc.wait(timeout=60)
     assert json.load(open(os.path.join(out, "config.json")))["torchelastic_run_id"] == "job-1"
     restart = {**first, "TORCHELASTIC_RESTART_COUNT": "1"}
