@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks.core import precision_autocast
+from ..attacks.core import attack_mode, precision_autocast
 from . import distributed
 from .validation import EVAL_STREAMS
 
@@ -33,19 +33,14 @@ def own_attack_accuracy(method, examples, cfg, ctx: distributed.Context,
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     correct = 0
     model = method.attack_model
-    modes = [(m, m.training) for m in model.modules()]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0x0FF5_0000 + EVAL_STREAMS["train"] * 7919 + cfg.seed * 4099
                           + ctx.rank)
-        try:
-            for x, y in examples.batches(batch_size, ctx.rank, ctx.world_size, ctx.device):
-                x_adv = method.own_attack(x, y)
-                model.eval()
-                with torch.no_grad(), precision_autocast(ctx.device.type, cfg.precision):
-                    correct += (model(x_adv).argmax(1) == y).sum().item()
-        finally:
-            for m, training in modes:
-                m.training = training
+        for x, y in examples.batches(batch_size, ctx.rank, ctx.world_size, ctx.device):
+            x_adv = method.own_attack(x, y)  # in the mode the training attack runs in
+            with attack_mode(model), torch.no_grad(), \
+                    precision_autocast(ctx.device.type, cfg.precision):
+                correct += (model(x_adv).argmax(1) == y).sum().item()
     count = examples.local_count(ctx.rank, ctx.world_size)
     correct, count = distributed.all_sum(ctx, [correct, count])
     return correct / max(count, 1)
