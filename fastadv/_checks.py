@@ -17,6 +17,7 @@ import weakref
 
 import torch
 from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import reference
 
@@ -401,32 +402,34 @@ def separate(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
                          f"{name}.clone()")
 
 
-# (data_ptr) -> (version, shape, dtype) of tensors a fused op wrote last: their next step
-# needs no start check (the op's own output lies in its box).
+# data_ptr -> (weak reference to the storage, version, shape, dtype) of tensors a fused op
+# wrote last: their next step needs no start check (the op's own output lies in its box). The
+# storage reference tells a live tensor from a new one the allocator put at a freed address.
 _written: dict = {}
 
 
-def mark_written(t: Tensor) -> None:
-    if type(t) is not Tensor or torch.compiler.is_compiling():
-        return  # a tracer's tensor: nothing to remember
+def _written_entry(t: Tensor) -> tuple:
     try:
-        entry = (t._version, t.shape, t.dtype)
+        version = t._version
     except RuntimeError:  # an inference tensor has no version counter
-        entry = (None, t.shape, t.dtype)
+        version = None
+    return version, t.shape, t.dtype
+
+
+def mark_written(t: Tensor) -> None:
+    if type(t) is not Tensor or torch.compiler.is_compiling() or not t.numel():
+        return  # a tracer's tensor, or no memory of its own: nothing to remember
     if len(_written) >= _CACHE_SIZE:
         _written.clear()
-    _written[t.data_ptr()] = entry
+    _written[t.data_ptr()] = (StorageWeakRef(t.untyped_storage()), _written_entry(t))
 
 
 def _last_written(t: Tensor) -> bool:
     hit = _written.get(t.data_ptr())
     if hit is None:
         return False
-    try:
-        version = t._version
-    except RuntimeError:
-        version = None
-    return hit == (version, t.shape, t.dtype)
+    storage, entry = hit
+    return not storage.expired() and entry == _written_entry(t)
 
 
 def starts_in_box(op: str, written: Tensor, centre: Tensor, eps, lower, upper, *,

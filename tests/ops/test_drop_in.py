@@ -333,6 +333,30 @@ def test_misused_forms_are_not_silent():
         fastadv.pgd_(normalised.clone(), g, normalised, eps=0.03, alpha=0.01)
 
 
+def test_a_new_tensor_at_a_freed_address_is_checked_again():
+    """The ops skip the start check for a tensor they wrote last; a new tensor the allocator
+    puts where a checked one lived (same address, shape, dtype and version 0) is not that
+    tensor. from_numpy pins the address so the reuse is certain, not left to the allocator."""
+    gen = torch.Generator().manual_seed(7)
+    x = 0.2 + 0.6 * torch.rand(2, 3, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    memory = (torch.ones(x.shape, dtype=torch.float64) * 0.5).numpy()  # outside the eps box
+    addresses = []
+    for _ in range(2):
+        delta = torch.from_numpy(memory)
+        addresses.append(delta.data_ptr())
+        with pytest.warns(FormWarning, match="delta lies outside"):
+            fastadv.pgd_delta_step(delta, g, x, eps=0.05, alpha=0.02)
+        del delta
+    assert addresses[0] == addresses[1]
+    kept = torch.from_numpy(memory)  # the same live tensor again: checked once, not per step
+    with pytest.warns(FormWarning):
+        fastadv.pgd_delta_step(kept, g, x, eps=0.05, alpha=0.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FormWarning)
+        fastadv.pgd_delta_step(kept, g, x, eps=0.05, alpha=0.02)
+
+
 @pytest.mark.parametrize("op, kwargs, match", [
     (fastadv.pgd_, {"epsilon": 0.03, "alpha": 0.01}, "did you mean eps="),
     (fastadv.pgd_, {"eps": 0.03, "step_size": 0.01}, "did you mean alpha="),
