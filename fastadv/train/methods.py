@@ -21,6 +21,7 @@ weights (:mod:`.awp`), restored by :meth:`Method.after_step`.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -81,9 +82,10 @@ class Method:
         self.eps, self.alpha = self.cfg.eps * scale, self.cfg.alpha * scale
         self.cuda_graph = self.cfg.cuda_graph and scale == 1.0
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, model: nn.Module | None = None) -> Tensor:
+        """fp32 logits of ``model`` (the training model unless given) at the run's precision."""
         with autocast(self.device, self.cfg.precision):
-            return self.model(x).float()
+            return (self.model if model is None else model)(x).float()
 
     def losses(self, x: Tensor, y: Tensor):
         raise NotImplementedError
@@ -122,15 +124,9 @@ class PGDTraining(Method):
     def losses(self, x, y):
         x_adv = self.adversarial(x, y)
         if self.awp_on:
-            self.awp.perturb(lambda proxy: self.objective(self._forward_of(proxy), x, x_adv,
-                                                          y)[0])
+            self.awp.perturb(lambda proxy: self.objective(partial(self.logits, model=proxy),
+                                                          x, x_adv, y)[0])
         yield self.objective(self.logits, x, x_adv, y)
-
-    def _forward_of(self, model):
-        def forward(inputs):
-            with autocast(self.device, self.cfg.precision):
-                return model(inputs).float()
-        return forward
 
 
 class FGSM(PGDTraining):
